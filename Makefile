@@ -1,0 +1,44 @@
+# rnnbench: `make help` lists the targets. Everything runs inside .venv, created on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export JAX_PLATFORMS ?= cpu
+
+.DEFAULT_GOAL := help
+.PHONY: help install demo test test-full lint bench sweep report clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(BIN)/rnnbench: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $@
+
+install: $(BIN)/rnnbench ## create .venv (if missing) and install rnnbench with its test tools
+
+demo: install ## RNN vs LSTM vs GRU vs BiLSTM on adding and copy memory, then a comparison table
+	$(BIN)/rnnbench sweep=demo
+
+test: install ## the fast test suite (slow convergence checks excluded)
+	$(BIN)/python -m pytest -q
+
+test-full: install ## every test, including the slow convergence checks
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+lint: install ## ruff
+	$(BIN)/ruff check rnnbench tests
+
+bench: install ## micro-benchmarks that decide defaults (hoisting the input projection, unroll)
+	$(BIN)/python -m rnnbench.bench
+
+sweep: install ## a versioned sweep: make sweep SWEEP=demo [ARGS="task.seq_len=50"]
+	$(BIN)/rnnbench sweep=$(SWEEP) $(ARGS)
+
+report: install ## comparison table of run or sweep directories: make report DIR=outputs/demo/...
+	$(BIN)/rnnbench-report $(DIR)
+
+clean: ## remove build artefacts (keeps outputs/ and .venv)
+	rm -rf build dist .pytest_cache .ruff_cache

@@ -1,0 +1,126 @@
+"""Thin Hydra entry point: ``rnnbench [overrides]`` and ``rnnbench -m [sweeps]``.
+
+Only Hydra and OmegaConf load before a job starts, so ``rnnbench --help`` stays fast; JAX, optax and
+W&B are imported by ``rnnbench.job`` once the config has been checked. The configs live in the
+repository's top-level ``configs/`` and ship inside the wheel as ``rnnbench/configs``; ``config_dir``
+finds whichever exists, so the command works from any directory, editable install or wheel.
+
+Errors a user can fix (a bad option, W&B unable to start) print one line and exit with status 2;
+a job that fails while training exits with status 1 after recording the failure in its summary.json.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from rnnbench.config import ConfigError, one_line, register_schemas
+
+EXIT_USAGE = 2
+
+
+def config_dir() -> str:
+    """The configs directory: inside the installed package (wheel) or at the repository's top level."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "configs", here.parent / "configs"):
+        if (candidate / "config.yaml").is_file():
+            return str(candidate)
+    raise RuntimeError(f"rnnbench: no configs/config.yaml next to {here}: broken installation")
+
+
+class SweepTable(Callback):
+    """At the end of a multirun, print the comparison table of the sweep's jobs."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from rnnbench.report import collect, comparison_table
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = collect([sweep_dir])
+        if rows:
+            print(f"\n{comparison_table(rows)}\n\nruns in {sweep_dir}", flush=True)
+
+
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    from rnnbench.job import run_job
+    from rnnbench.logging import WandbError
+
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    group = Path(hc.sweep.dir).name if multirun else None
+    names = {k: hc.runtime.choices.get(k) for k in ("cell", "task", "optim")}
+    try:
+        summary = run_job(cfg, Path(hc.runtime.output_dir), names=names, group=group)
+    except (ConfigError, WandbError) as e:
+        # Exit here rather than raise: Hydra would add a line of its own, and a bad option is the
+        # user's to fix before any job of a sweep runs on.
+        if os.environ.get("RNNBENCH_DEBUG") == "1":
+            raise
+        print(f"rnnbench: error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    seeds = summary["seeds"]
+    losses = ", ".join(f"{s['eval_loss']:.4g}" if s["eval_loss"] is not None else "nan" for s in seeds)
+    print(f"{summary['cell']} {summary['task']} T={summary['seq_len']}: {summary['status']}, eval loss {losses} "
+          f"(baseline {summary['baseline_loss']:.4g}), solved {sum(s['solved'] for s in seeds)}/{len(seeds)}, "
+          f"{summary['steps_per_second']:.1f} steps/s -> {hc.runtime.output_dir}", flush=True)
+
+
+def _usage_message(e: BaseException) -> str:
+    """One line for the errors a user makes at composition time (Hydra's messages span lines)."""
+    from hydra.errors import MissingConfigException
+
+    text = str(e)
+    if isinstance(e, MissingConfigException) and e.missing_cfg_file:
+        group, _, name = e.missing_cfg_file.rpartition("/")
+        options = e.options or []
+        if group:
+            return f"unknown {group} {name!r}; choose one of: {', '.join(options)}"
+    if "is not in struct" in text or "Key '" in text and "not in" in text:
+        key = text.split("'")[1] if "'" in text else text
+        return f"unknown config key {key!r}: check the spelling (rnnbench --cfg job lists every key)"
+    return one_line(e)
+
+
+def main() -> None:
+    """Console script ``rnnbench``."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from rnnbench.logging import WandbError
+
+    register_schemas()
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us, so we can say them in one line
+    debug = os.environ.get("RNNBENCH_DEBUG") == "1"
+    try:
+        _hydra_main()
+    except (ConfigError, WandbError) as e:
+        if debug:
+            raise
+        print(f"rnnbench: error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except (HydraException, OmegaConfBaseException) as e:
+        if debug:
+            raise
+        print(f"rnnbench: error: {_usage_message(e)}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        print("rnnbench: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:
+        if debug:
+            raise
+        print(f"rnnbench: job failed: {type(e).__name__}: {one_line(e)} (RNNBENCH_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""A model is a stack of recurrent layers plus a linear readout, as pure ``init`` / ``apply``.
+
+    hs, summary = scan_stack(layers, x)        hs [B, T, F], summary [B, F]
+    y = summary @ W_o + b_o                    readout="last":  y [B, O]  (many-to-one)
+    y = hs @ W_o + b_o                         readout="all":   y [B, T, O] (one output per step)
+
+F = H, or 2H when bidirectional. The readout kernel is Glorot-initialised, its bias zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rnnbench.cells.base import Cell, affine, check_positive_int
+from rnnbench.scan import Layer, scan_stack
+from rnnbench.types import Array, Params, PRNGKey
+
+READOUTS = ("last", "all")
+
+
+class Model(NamedTuple):
+    """``init(key, input_dim) -> params``; ``apply(params, x, mask=None, *, dropout_key=None) -> y``.
+
+    ``dropout_key=None`` means evaluation (no dropout).
+    """
+
+    init: Callable[[PRNGKey, int], Params]
+    apply: Callable[..., Array]
+    layers: tuple[Layer, ...]
+
+
+def make_model(
+    cell_factory: Callable[[int], Cell],
+    *,
+    hidden_size: int,
+    output_dim: int,
+    readout: str,
+    num_layers: int = 1,
+    bidirectional: bool = False,
+    dropout: float = 0.0,
+    unroll: int = 1,
+    hoist_input: bool | None = None,
+) -> Model:
+    """Build the model; ``cell_factory(hidden_size) -> Cell`` is called once per direction and layer."""
+    check_positive_int("model.hidden_size", hidden_size)
+    check_positive_int("model.num_layers", num_layers)
+    check_positive_int("model.unroll", unroll)
+    if readout not in READOUTS:
+        raise ValueError(f"readout={readout!r} is not allowed; choose one of: {', '.join(READOUTS)}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"model.dropout={dropout!r} must be in [0, 1)")
+    layers = tuple(
+        Layer(cell_factory(hidden_size), cell_factory(hidden_size) if bidirectional else None)
+        for _ in range(num_layers)
+    )
+
+    def init(key: PRNGKey, input_dim: int) -> Params:
+        keys = jax.random.split(key, num_layers + 1)
+        stack, width = [], input_dim
+        for layer, k in zip(layers, keys[:-1], strict=True):
+            stack.append(layer.init(k, width))
+            width = layer.output_size
+        w = jax.nn.initializers.glorot_uniform()(keys[-1], (width, output_dim), jnp.float32)
+        return {"layers": stack, "readout": {"w": w, "b": jnp.zeros((output_dim,), jnp.float32)}}
+
+    def apply(params: Params, x: Array, mask: Array | None = None, *, dropout_key: PRNGKey | None = None) -> Array:
+        hs, summary = scan_stack(layers, params["layers"], x, mask, dropout_rate=dropout,
+                                 dropout_key=dropout_key, unroll=unroll, hoist_input=hoist_input)
+        features = summary if readout == "last" else hs
+        return affine(features, params["readout"]["w"], params["readout"]["b"])
+
+    return Model(init, apply, layers)
+
+
+def count_params(params: Params) -> int:
+    """Number of trainable scalars in a params pytree."""
+    return int(sum(x.size for x in jax.tree.leaves(params)))

@@ -1,0 +1,57 @@
+"""Copy memory (Hochreiter & Schmidhuber 1997), in the encoding of Arjovsky et al. 2016.
+
+Alphabet: 0 is the blank, 1..S the data symbols (S = ``num_symbols``, 8 in the paper), S+1 the
+delimiter. With N = ``copy_len`` (10) and delay T = ``seq_len``, a sequence has T + 2N steps:
+
+    input:  N symbols from 1..S,  T-1 blanks,  the delimiter,  N blanks          (one-hot, D = S+2)
+    target: T+N blanks,  then the same N symbols                                   (O = S+1 classes)
+
+The loss is the cross-entropy averaged over all T + 2N output steps. The memoryless baseline
+predicts blank for the first T+N steps and a uniform guess over the S symbols for the last N, so
+its loss is N ln(S) / (T + 2N): 10 ln 8 / (T + 20) in the paper's setting. The metric is the
+accuracy on the N recalled symbols.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from rnnbench.cells.base import check_positive_int
+from rnnbench.tasks.base import Batch, Task, check_solved_ratio, mean_cross_entropy
+
+
+def copy_memory(seq_len: int = 100, num_symbols: int = 8, copy_len: int = 10, solved_ratio: float = 0.1) -> Task:
+    """Copy memory with delay ``seq_len``; solved when the loss < ``solved_ratio`` * baseline."""
+    check_positive_int("task.seq_len", seq_len)
+    check_positive_int("task.copy_len", copy_len)
+    check_positive_int("task.num_symbols", num_symbols)
+    if num_symbols < 2:
+        raise ValueError(f"task.num_symbols={num_symbols} must be >= 2: with one symbol there is nothing to remember")
+    check_solved_ratio(solved_ratio)
+    S, N, T = num_symbols, copy_len, seq_len
+    length = T + 2 * N
+    delimiter = S + 1
+
+    def sample(key, batch_size):
+        symbols = jax.random.randint(key, (batch_size, N), 1, S + 1)
+        blanks_in = jnp.zeros((batch_size, T - 1), jnp.int32)
+        delim = jnp.full((batch_size, 1), delimiter, jnp.int32)
+        tail = jnp.zeros((batch_size, N), jnp.int32)
+        tokens = jnp.concatenate([symbols, blanks_in, delim, tail], axis=1)  # [B, T + 2N]
+        y = jnp.concatenate([jnp.zeros((batch_size, T + N), jnp.int32), symbols], axis=1)
+        return Batch(jax.nn.one_hot(tokens, S + 2, dtype=jnp.float32), y, None)
+
+    def loss(pred, batch):
+        return mean_cross_entropy(pred, batch.y)
+
+    def metric(pred, batch):
+        recalled = jnp.argmax(pred[:, -N:], axis=-1)
+        return jnp.mean((recalled == batch.y[:, -N:]).astype(jnp.float32))
+
+    baseline = N * math.log(S) / length
+    return Task(name="copy", seq_len=T, input_dim=S + 2, output_dim=S + 1, readout="all",
+                sample=sample, loss=loss, metric=metric, metric_name="accuracy",
+                baseline_loss=baseline, solved_threshold=solved_ratio * baseline)
