@@ -75,17 +75,29 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 def _usage_message(e: BaseException) -> str:
     """One line for the errors a user makes at composition time (Hydra's messages span lines)."""
+    import dataclasses
+    import re
+
     from hydra.errors import MissingConfigException
 
+    from rnnbench.config import Config
+
     text = str(e)
+    cause = one_line(e.__cause__) if e.__cause__ is not None else ""
     if isinstance(e, MissingConfigException) and e.missing_cfg_file:
         group, _, name = e.missing_cfg_file.rpartition("/")
-        options = e.options or []
         if group:
-            return f"unknown {group} {name!r}; choose one of: {', '.join(options)}"
-    if "is not in struct" in text or "Key '" in text and "not in" in text:
-        key = text.split("'")[1] if "'" in text else text
-        return f"unknown config key {key!r}: check the spelling (rnnbench --cfg job lists every key)"
+            return f"unknown {group} {name!r}; choose one of: {', '.join(e.options or [])}"
+    if m := re.match(r"Could not override '([^']+)'", text):
+        key = m.group(1)
+        section = {f.name: f for f in dataclasses.fields(Config)}.get(key.split(".")[0])
+        default = section.default_factory() if section and section.default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(default):
+            allowed = ", ".join(f.name for f in dataclasses.fields(default))
+            return f"unknown config key {key!r}; {key.split('.')[0]} has: {allowed}"
+        return f"unknown config key {key!r} (rnnbench --cfg job lists every key; + adds a new one)"
+    if m := re.match(r"Error merging override (\S+)", text):
+        return f"{m.group(1)}: {cause}" if cause else text
     return one_line(e)
 
 
