@@ -17,7 +17,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -44,7 +44,7 @@ class ModelConfig:
     num_layers: int = 1
     dropout: float = 0.0
     unroll: int = 1
-    hoist_input: Optional[bool] = None  # None: decided per backend (see rnnbench/scan.py)
+    hoist_input: bool | None = None  # None: decided per backend (see rnnbench/scan.py)
 
 
 @dataclass
@@ -55,17 +55,17 @@ class TrainConfig:
     eval_every: int = 100
     eval_size: int = 512
     seed_parallel: SeedParallel = SeedParallel.auto
-    progress: Optional[bool] = None  # None: a progress bar when stderr is a terminal
-    compile_cache: Optional[str] = "~/.cache/rnnbench/jax"  # None: no persistent compilation cache
+    progress: bool | None = None  # None: a progress bar when stderr is a terminal
+    compile_cache: str | None = "~/.cache/rnnbench/jax"  # None: no persistent compilation cache
 
 
 @dataclass
 class LoggerConfig:
     mode: WandbMode = WandbMode.offline
     project: str = "rnnbench"
-    entity: Optional[str] = None
-    group: Optional[str] = None
-    name: Optional[str] = None
+    entity: str | None = None
+    group: str | None = None
+    name: str | None = None
     tags: list[str] = field(default_factory=list)
     init_timeout: float = 20.0
 

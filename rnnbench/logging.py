@@ -98,7 +98,7 @@ class RunLogger:
         args = self._wandb_args
         if args["mode"] != "disabled":  # first, so a W&B failure leaves no metrics file behind
             self.wandb_run = self._init_wandb(**args)
-        self._metrics = open(self.run_dir / METRICS_FILE, "a")  # noqa: SIM115 (closed in __exit__)
+        self._metrics = open(self.run_dir / METRICS_FILE, "a")
         return self
 
     def _init_wandb(self, *, mode, project, entity, group, name, tags, init_timeout):

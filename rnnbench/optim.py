@@ -35,7 +35,9 @@ def _schedule(lr: float, schedule: str, warmup_steps: int, total_steps: int) -> 
     )
 
 
-def _chain(rule: optax.GradientTransformation, clip_norm: float, weight_decay: float, lr) -> optax.GradientTransformation:
+def _chain(
+    rule: optax.GradientTransformation, clip_norm: float, weight_decay: float, lr: optax.Schedule
+) -> optax.GradientTransformation:
     if clip_norm < 0:
         raise ValueError(f"optim.clip_norm={clip_norm!r} must be >= 0 (0 disables clipping)")
     if weight_decay < 0:

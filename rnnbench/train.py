@@ -100,7 +100,8 @@ def make_trainer(
     seed_parallel: str = "auto",
 ) -> Trainer:
     if seed_parallel not in SEED_PARALLEL:
-        raise ValueError(f"train.seed_parallel={seed_parallel!r} is not allowed; choose one of: {', '.join(SEED_PARALLEL)}")
+        allowed = ", ".join(SEED_PARALLEL)
+        raise ValueError(f"train.seed_parallel={seed_parallel!r} is not allowed; choose one of: {allowed}")
     how = seed_parallel if seed_parallel != "auto" else ("map" if jax.default_backend() == "cpu" else "vmap")
     train_step = make_train_step(model, task, optimizer, dropout)
 

@@ -7,13 +7,13 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import jax  # noqa: E402
-import pytest  # noqa: E402
+import jax
+import pytest
 
-from rnnbench.cli import config_dir  # noqa: E402
-from rnnbench.config import register_schemas  # noqa: E402
+from rnnbench.cli import config_dir
+from rnnbench.config import register_schemas
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 

@@ -30,7 +30,7 @@ def adding(seq_len: int = 100, solved_ratio: float = 0.06) -> Task:
     """
     check_positive_int("task.seq_len", seq_len)
     if seq_len < 2:
-        raise ValueError(f"task.seq_len={seq_len} is too short for the adding task: it needs >= 2 (one marker per half)")
+        raise ValueError(f"task.seq_len={seq_len} is too short for the adding task: it needs >= 2 (a marker per half)")
     check_solved_ratio(solved_ratio)
     half = seq_len // 2
 

@@ -1,0 +1,442 @@
+"""Cells against independent references: numpy equations, flax.linen's cells, finite differences.
+
+The cells under test come from ``configs/cell/*.yaml`` (``_target_`` plus factory kwargs, Hydra defaults
+lists applied), plus the hand-listed variants the configs lack (relu RNN, Cho's GRU); with no configs,
+the hand-written list alone. Every numpy reference here is written from the published equations, not
+from rnnbench's code, and a config whose target no reference covers fails the suite.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+from collections.abc import Callable
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import yaml
+from jax.test_util import check_grads
+
+from rnnbench.cells.gru import gru
+from rnnbench.cells.lstm import lstm
+from rnnbench.cells.rnn import rnn
+from rnnbench.scan import scan_cell
+
+CELL_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "cell"
+
+# --- numpy references, written from the equations ------------------------------------------------
+
+
+def np_sigmoid(a):
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+def np_tanh(a):
+    return (np.exp(a) - np.exp(-a)) / (np.exp(a) + np.exp(-a))
+
+
+def _block(w, k, H):
+    """Gate block k of a fused matrix / bias (blocks side by side along the last axis)."""
+    return w[..., k * H : (k + 1) * H]
+
+
+def np_rnn_step(activation):
+    act = {"tanh": np_tanh, "relu": lambda a: np.maximum(a, 0.0)}[activation]
+
+    def step(p, h, x):
+        h = act(x @ p["w_x"] + p["b"] + h @ p["w_h"])
+        return h, h
+
+    return step
+
+
+def np_lstm_step(p, carry, x):
+    c, h = carry
+    H = h.shape[-1]
+
+    def pre(k):  # gate k in order i, f, g, o
+        return x @ _block(p["w_x"], k, H) + _block(p["b"], k, H) + h @ _block(p["w_h"], k, H)
+
+    i, f, g, o = np_sigmoid(pre(0)), np_sigmoid(pre(1)), np_tanh(pre(2)), np_sigmoid(pre(3))
+    c = f * c + i * g
+    h = o * np_tanh(c)
+    return (c, h), h
+
+
+def np_gru_step(reset_after):
+    def step(p, h, x):
+        H = h.shape[-1]
+
+        def in_(k):
+            return x @ _block(p["w_x"], k, H) + _block(p["b"], k, H)
+
+        def rec(k, state):
+            return state @ _block(p["w_h"], k, H)
+
+        r = np_sigmoid(in_(0) + rec(0, h))
+        z = np_sigmoid(in_(1) + rec(1, h))
+        if reset_after:  # flax / cuDNN form
+            n = np_tanh(in_(2) + r * (rec(2, h) + p["b_hn"]))
+        else:  # Cho et al. 2014
+            n = np_tanh(in_(2) + rec(2, r * h))
+        h = (1.0 - z) * n + z * h
+        return h, h
+
+    return step
+
+
+# factory -> (kwargs it accepts, builder kwargs -> (numpy step, gates, extra [H] bias vectors))
+_INIT_ONLY = {"kernel_init", "recurrent_init"}
+REFERENCES: dict[Callable, tuple[set[str], Callable]] = {
+    rnn: ({"activation"} | _INIT_ONLY, lambda kw: (np_rnn_step(kw.get("activation", "tanh")), 1, 0)),
+    lstm: ({"forget_bias"} | _INIT_ONLY, lambda kw: (np_lstm_step, 4, 0)),
+    gru: (
+        {"reset_after"} | _INIT_ONLY,
+        lambda kw: (np_gru_step(kw.get("reset_after", True)), 3, 1 if kw.get("reset_after", True) else 0),
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class CellCase:
+    name: str
+    factory: Callable
+    kwargs: dict
+    bidirectional: bool = False
+
+    def make(self, hidden_size, **overrides):
+        return self.factory(hidden_size, **{**self.kwargs, **overrides})
+
+    def reference(self):
+        """(numpy step, number of gates, number of extra [H] biases); LookupError if not covered."""
+        if self.factory not in REFERENCES:
+            raise LookupError(f"{self.name}: no numpy reference for factory {self.factory!r}")
+        allowed, build = REFERENCES[self.factory]
+        unknown = set(self.kwargs) - allowed
+        if unknown:
+            raise LookupError(f"{self.name}: numpy reference does not cover kwargs {sorted(unknown)}")
+        return build(self.kwargs)
+
+    def __str__(self):
+        return self.name
+
+
+HAND_CASES = [
+    CellCase("rnn", rnn, {}),
+    CellCase("rnn_relu", rnn, {"activation": "relu"}),
+    CellCase("lstm", lstm, {}),
+    CellCase("gru", gru, {}),
+    CellCase("gru_cho", gru, {"reset_after": False}),
+]
+
+
+def _resolve(target: str):
+    module, _, attr = target.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
+def load_cell_config(path: Path) -> dict:
+    """A cell YAML with its Hydra defaults list applied (same-group names and ``_self_``, self last if absent)."""
+    cfg = yaml.safe_load(path.read_text()) or {}
+    defaults = cfg.pop("defaults", [])
+    if "_self_" not in defaults:
+        defaults = [*defaults, "_self_"]
+    merged: dict = {}
+    for entry in defaults:
+        if entry == "_self_":
+            merged.update(cfg)
+        elif isinstance(entry, str):
+            merged.update(load_cell_config(path.with_name(f"{entry}.yaml")))
+        else:
+            raise AssertionError(f"{path.name}: defaults entry {entry!r} not understood by this test")
+    return merged
+
+
+def config_cases() -> list[CellCase]:
+    """One case per configs/cell/*.yaml, bidirectional ones included."""
+    cases = []
+    for path in sorted(CELL_CONFIG_DIR.glob("*.yaml")):
+        cfg = load_cell_config(path)
+        assert "_target_" in cfg, f"{path.name} has no _target_"
+        kwargs = {k: v for k, v in cfg.items() if k not in ("_target_", "bidirectional")}
+        cases.append(CellCase(path.stem, _resolve(cfg["_target_"]), kwargs, bool(cfg.get("bidirectional", False))))
+    return cases
+
+
+def _signature_key(case: CellCase):
+    """(factory, every keyword with defaults filled in): two cases with equal keys are the same cell."""
+    params = inspect.signature(case.factory).parameters
+    full = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    full.update(case.kwargs)
+    return case.factory, tuple(sorted(full.items()))
+
+
+def cell_cases() -> list[CellCase]:
+    """Distinct cells: the configs' cells, plus hand-listed variants (relu RNN, Cho GRU) they lack.
+
+    Falls back to the hand-written list alone while configs/cell/ is empty.
+    """
+    cases, seen = [], set()
+    configs = sorted(config_cases(), key=lambda c: c.bidirectional)  # name a cell after its one-way config
+    for case in [*configs, *HAND_CASES]:
+        key = _signature_key(case)
+        if key not in seen:
+            seen.add(key)
+            cases.append(dataclasses.replace(case, bidirectional=False))
+    return cases
+
+
+CASES = cell_cases()
+
+
+def perturbed_params(cell, seed, input_dim, scale=0.5):
+    """``cell.init`` plus normal noise on every leaf, so biases and every block are non-trivial.
+
+    The noise comes from numpy: it keeps these helpers from compiling a jax program per shape.
+    """
+    params = cell.init(jax.random.key(seed), input_dim)
+    rng = np.random.default_rng(seed + 1000)
+    return jax.tree.map(lambda a: jnp.asarray(np.asarray(a) + scale * rng.standard_normal(a.shape), a.dtype), params)
+
+
+def random_params(init, seed, scale=0.5):
+    """Params shaped like ``init()`` (traced, never run), filled with numpy normal draws.
+
+    For tests where the values only need to be generic: no jax program is compiled for new shapes.
+    """
+    rng = np.random.default_rng(seed + 4000)
+    return jax.tree.map(lambda s: jnp.asarray(scale * rng.standard_normal(s.shape), s.dtype), jax.eval_shape(init))
+
+
+def random_carry(cell, seed, batch, dtype=jnp.float32):
+    rng = np.random.default_rng(seed + 2000)
+    return jax.tree.map(lambda a: jnp.asarray(0.8 * rng.standard_normal(a.shape), dtype),
+                        cell.initial_carry((batch,), dtype))
+
+
+def random_inputs(seed, shape, dtype=jnp.float32):
+    return jnp.asarray(np.random.default_rng(seed + 3000).standard_normal(shape), dtype)
+
+
+def to_np64(tree):
+    return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
+
+
+def assert_tree_close(actual, expected, atol=1e-5, rtol=1e-5):
+    a_leaves, a_def = jax.tree.flatten(actual)
+    e_leaves, e_def = jax.tree.flatten(expected)
+    assert a_def == e_def, (a_def, e_def)
+    for a, e in zip(a_leaves, e_leaves, strict=True):
+        assert np.shape(a) == np.shape(e)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(e), atol=atol, rtol=rtol)
+
+
+B, D, H, T = 3, 4, 5, 4
+
+# --- the cell list itself --------------------------------------------------------------------------
+
+
+def test_every_config_target_has_a_reference():
+    """Every ``_target_`` in configs/cell must be covered by a numpy reference here (else add one)."""
+    for case in [*config_cases(), *HAND_CASES]:
+        case.reference()  # raises LookupError when not covered
+    assert CASES, "no cells to test"
+    # ... and the lookup does refuse what it does not cover
+    with pytest.raises(LookupError):
+        CellCase("other", np_sigmoid, {}).reference()
+    with pytest.raises(LookupError):
+        CellCase("lstm_peephole", lstm, {"peepholes": True}).reference()
+
+
+# --- step against the equations -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_step_matches_numpy_equations(case):
+    cell = case.make(H)
+    np_step, n_gates, extra = case.reference()
+    params = perturbed_params(cell, 0, D)
+    assert params["w_x"].shape == (D, n_gates * H)
+    assert params["w_h"].shape == (H, n_gates * H)
+    assert params["b"].shape == (n_gates * H,)
+    assert ("b_hn" in params) == bool(extra)
+    carry = random_carry(cell, 0, B)
+    x = random_inputs(0, (B, D))
+
+    new_carry, h = cell.step(params, carry, x)
+    ref_carry, ref_h = np_step(to_np64(params), to_np64(carry), np.asarray(x, np.float64))
+    assert h.shape == (B, H)
+    assert_tree_close(h, ref_h)
+    assert_tree_close(new_carry, ref_carry)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_step_is_recurrence_after_projection(case):
+    cell = case.make(H)
+    params = perturbed_params(cell, 1, D)
+    carry = random_carry(cell, 0, B)
+    x = random_inputs(0, (B, D))
+    assert_tree_close(cell.step(params, carry, x), cell.recurrence(params, carry, cell.project_input(params, x)),
+                      atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_initial_carry_is_zeros(case):
+    cell = case.make(H)
+    carry = cell.initial_carry((B,))
+    for leaf in jax.tree.leaves(carry):
+        assert leaf.shape == (B, H) and leaf.dtype == jnp.float32
+        assert not np.any(np.asarray(leaf))
+    assert cell.hidden_size == H
+
+
+# --- flax.linen given the same weights --------------------------------------------------------------
+
+
+def _flax_lstm_params(p, H):
+    fp = {}
+    for k, g in enumerate("ifgo"):
+        fp["i" + g] = {"kernel": _block(p["w_x"], k, H)}
+        fp["h" + g] = {"kernel": _block(p["w_h"], k, H), "bias": _block(p["b"], k, H)}
+    return fp
+
+
+def _flax_gru_params(p, H):
+    fp = {}
+    for k, g in enumerate("rzn"):
+        fp["i" + g] = {"kernel": _block(p["w_x"], k, H), "bias": _block(p["b"], k, H)}
+        fp["h" + g] = {"kernel": _block(p["w_h"], k, H)}
+    fp["hn"]["bias"] = p["b_hn"]
+    return fp
+
+
+FLAX_CASES = [c for c in CASES if c.factory is lstm or (c.factory is gru and c.kwargs.get("reset_after", True))]
+
+
+@pytest.mark.parametrize("case", FLAX_CASES, ids=str)
+def test_matches_flax_linen_cell(case):
+    cell = case.make(H)
+    flax_cell, to_flax = (nn.LSTMCell(features=H), _flax_lstm_params) if case.factory is lstm else (
+        nn.GRUCell(features=H), _flax_gru_params)
+    params = perturbed_params(cell, 2, D)
+    carry = random_carry(cell, 0, B)
+    x = random_inputs(0, (B, D))
+
+    fparams = to_flax(params, H)
+    expected_tree = flax_cell.init(jax.random.key(0), flax_cell.initialize_carry(jax.random.key(0), (B, D)), x)
+    assert jax.tree.structure(expected_tree["params"]) == jax.tree.structure(fparams)
+    assert jax.tree.map(jnp.shape, expected_tree["params"]) == jax.tree.map(jnp.shape, fparams)
+
+    ours = cell.step(params, carry, x)
+    theirs = flax_cell.apply({"params": fparams}, carry, x)
+    assert_tree_close(ours, theirs, atol=1e-5, rtol=1e-5)
+
+
+# --- initialisation -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("forget_bias", [None, 2.5, -0.5])
+def test_lstm_forget_bias(forget_bias):
+    cell = lstm(H) if forget_bias is None else lstm(H, forget_bias=forget_bias)
+    expected_fb = 1.0 if forget_bias is None else forget_bias
+    b = np.asarray(cell.init(jax.random.key(3), D)["b"])
+    np.testing.assert_array_equal(b[H : 2 * H], np.full(H, expected_fb, np.float32))
+    np.testing.assert_array_equal(np.delete(b, np.s_[H : 2 * H]), np.zeros(3 * H, np.float32))
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_init_biases_zero_except_lstm_forget(case):
+    kwargs = {k: v for k, v in case.kwargs.items() if k != "forget_bias"}
+    cell = case.factory(H, **kwargs)
+    _, n_gates, _ = case.reference()
+    params = cell.init(jax.random.key(4), D)
+    assert params["b"].shape == (n_gates * H,)
+    for name, leaf in params.items():
+        assert leaf.dtype == jnp.float32
+        if name.startswith("b"):
+            leaf = np.asarray(leaf)
+            if case.factory is lstm and name == "b":
+                leaf = np.delete(leaf, np.s_[H : 2 * H])
+            np.testing.assert_array_equal(leaf, np.zeros_like(leaf))
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_default_recurrent_blocks_are_orthogonal_and_distinct(case):
+    kwargs = {k: v for k, v in case.kwargs.items() if k != "recurrent_init"}
+    cell = case.factory(H, **kwargs)
+    _, n_gates, _ = case.reference()
+    w_h = np.asarray(cell.init(jax.random.key(5), D)["w_h"], np.float64)
+    assert w_h.shape == (H, n_gates * H)
+    blocks = [_block(w_h, k, H) for k in range(n_gates)]
+    for q in blocks:
+        np.testing.assert_allclose(q.T @ q, np.eye(H), atol=1e-5)
+    for i in range(n_gates):
+        for j in range(i):
+            assert not np.allclose(blocks[i], blocks[j]), "gate blocks should be independent draws"
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_identity_recurrent_init(case):
+    cell = case.make(H, recurrent_init="identity")
+    _, n_gates, _ = case.reference()
+    w_h = np.asarray(cell.init(jax.random.key(6), D)["w_h"])
+    np.testing.assert_array_equal(w_h, np.tile(np.eye(H, dtype=np.float32), (1, n_gates)))
+
+
+@pytest.mark.parametrize("factory", [rnn, lstm, gru])
+@pytest.mark.parametrize("which", ["kernel_init", "recurrent_init"])
+def test_unknown_initializer_raises(factory, which):
+    with pytest.raises(ValueError, match="not_an_init"):
+        factory(H, **{which: "not_an_init"})
+
+
+@pytest.mark.parametrize("factory", [rnn, lstm, gru])
+@pytest.mark.parametrize("bad", [0, -2])
+def test_bad_hidden_size_raises(factory, bad):
+    with pytest.raises(ValueError, match=rf"hidden_size={bad}\b"):
+        factory(bad)
+
+
+def test_unknown_activation_raises():
+    with pytest.raises(ValueError, match="sigmoidish"):
+        rnn(H, activation="sigmoidish")
+
+
+# --- gradients against finite differences (float64) -----------------------------------------------
+
+
+def test_check_grads_can_fail():
+    """The finite-difference check used below does catch a wrong gradient."""
+
+    @jax.custom_vjp
+    def bad_tanh(a):
+        return jnp.tanh(a)
+
+    bad_tanh.defvjp(lambda a: (jnp.tanh(a), a), lambda a, g: (g * 1.01 * (1 - jnp.tanh(a) ** 2),))
+    with jax.enable_x64(True), pytest.raises(AssertionError):
+        check_grads(lambda a: jnp.sum(bad_tanh(a)), (jnp.linspace(-1.0, 1.0, 5, dtype=jnp.float64),), order=1,
+                    modes=["rev"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_gradients_match_finite_differences(case):
+    cell = case.make(H)
+    params32 = perturbed_params(cell, 7, D)  # init in float32, outside x64 mode (no recompiles)
+    xs_np = np.random.default_rng(7).standard_normal((2, T, D))
+    with jax.enable_x64(True):
+        params = jax.tree.map(lambda a: a.astype(jnp.float64), params32)
+        xs = jnp.asarray(xs_np, jnp.float64)
+        assert all(a.dtype == jnp.float64 for a in jax.tree.leaves(params))
+
+        def loss(p, x):  # outputs and final carry in one scalar
+            carry, hs = scan_cell(cell, p, x, hoist_input=False)
+            assert hs.dtype == jnp.float64
+            return jnp.sum(hs) + sum(jnp.sum(c) for c in jax.tree.leaves(carry))
+
+        # the VJP w.r.t. (params, inputs) against central differences along a random direction
+        check_grads(jax.jit(loss), (params, xs), order=1, modes=["rev"], atol=1e-5, rtol=1e-5)
