@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 export JAX_PLATFORMS ?= cpu
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-full lint bench sweep report clean
+.PHONY: help install demo test test-full lint bench bench-diagnostics sweep report clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ lint: install ## ruff
 
 bench: install ## micro-benchmarks that decide defaults (hoisting the input projection, unroll)
 	$(BIN)/python -m rnnbench.bench
+
+bench-diagnostics: install ## cost of a gradient-diagnostics step relative to a train step
+	$(BIN)/python -m rnnbench.bench --diagnostics
 
 sweep: install ## a versioned sweep: make sweep SWEEP=demo [ARGS="task.seq_len=50"]
 	$(BIN)/rnnbench sweep=$(SWEEP) $(ARGS)

@@ -56,12 +56,49 @@ def measure(cell_factory, shape, hoist, unroll, repeats):
     return statistics.median(times), min(times), max(times), compile_s
 
 
+def diagnostics_overhead(shape, repeats: int, every: int) -> None:
+    """Time one diagnostic step (``diagnostics.diagnose`` at its defaults) against one train step."""
+    import jax
+    import jax.numpy as jnp
+
+    from rnnbench.cells.gru import gru
+    from rnnbench.cells.lstm import lstm
+    from rnnbench.cells.rnn import rnn
+    from rnnbench.diagnostics import diagnose
+    from rnnbench.model import make_model
+    from rnnbench.tasks.base import Batch
+
+    B, T, H = shape
+    print(f"\ndiagnostics (batch 64, defaults) vs one train step (batch {B}); slowdown at diagnostics.every={every}")
+    print(f"{'cell':6} {'train ms':>9} {'diag ms':>9} {'ratio':>7} {'slowdown':>9}")
+    for name, factory in (("rnn", rnn), ("lstm", lstm), ("gru", gru)):
+        train_med = measure(factory, shape, False, 1, repeats)[0]
+        model = make_model(factory, hidden_size=H, output_dim=1, readout="last")
+        params = model.init(jax.random.key(0), INPUT_DIM)
+        batch = Batch(jax.random.normal(jax.random.key(1), (64, T, INPUT_DIM)), jnp.zeros((64, 1)))
+        diag = jax.jit(lambda p, b, model=model: diagnose(model, lambda y, b: jnp.mean((y - b.y) ** 2), p, b,
+                                                           jax.random.key(2)))
+        jax.block_until_ready(diag(params, batch))
+        times = []
+        for _ in range(max(3, repeats // 4)):
+            t0 = time.perf_counter()
+            jax.block_until_ready(diag(params, batch))
+            times.append(time.perf_counter() - t0)
+        diag_med = statistics.median(times)
+        print(f"{name:6} {train_med * 1e3:9.2f} {diag_med * 1e3:9.2f} {diag_med / train_med:6.2f}x "
+              f"{100 * diag_med / (every * train_med):8.2f}%", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rnnbench.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="S", help="T, S, L or W (B, T, H below)")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--cells", default="rnn,lstm,gru")
+    parser.add_argument("--diagnostics", action="store_true", help="time the gradient diagnostics instead")
+    parser.add_argument("--every", type=int, default=500, help="diagnostics.every for the slowdown column")
     args = parser.parse_args(argv)
+    if args.diagnostics:
+        return diagnostics_overhead(SHAPES[args.shape], args.repeats, args.every)
 
     import jax
 

@@ -60,6 +60,17 @@ class TrainConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    every: int = 500  # 0: off
+    batch_size: int = 64
+    horizon_threshold: float = 1e-3
+    jacobian_times: int = 3
+    jacobian_spans: list[int] = field(default_factory=lambda: [1, 8])
+    jacobian_batch: int = 16
+    power_iters: int = 10
+
+
+@dataclass
 class LoggerConfig:
     mode: WandbMode = WandbMode.offline
     project: str = "rnnbench"
@@ -78,6 +89,7 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     seed: int = 0
 
 
@@ -195,6 +207,16 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"seed={cfg.seed} must be >= 0")
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise ConfigError(f"model.dropout={cfg.model.dropout} must be in [0, 1)")
+    d = cfg.diagnostics
+    if d.every < 0:
+        raise ConfigError(f"diagnostics.every={d.every} must be >= 0 (0 turns diagnostics off)")
+    for key in ("diagnostics.batch_size", "diagnostics.jacobian_times", "diagnostics.jacobian_batch",
+                "diagnostics.power_iters"):
+        _positive(cfg, key)
+    if not 0.0 < d.horizon_threshold < 1.0:
+        raise ConfigError(f"diagnostics.horizon_threshold={d.horizon_threshold} must be in (0, 1)")
+    if not d.jacobian_spans or any(s < 1 for s in d.jacobian_spans):
+        raise ConfigError(f"diagnostics.jacobian_spans={list(d.jacobian_spans)} must be positive step counts")
     if cfg.logger.init_timeout <= 0:
         raise ConfigError(f"logger.init_timeout={cfg.logger.init_timeout} must be > 0 seconds")
 

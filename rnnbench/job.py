@@ -79,6 +79,7 @@ def run_job(cfg: DictConfig, run_dir: Path, *, names: dict[str, str], group: str
     import jax
 
     enable_compile_cache(cfg.train.compile_cache)
+    from rnnbench.diagnostics import DiagnosticsOptions
     from rnnbench.model import make_model
     from rnnbench.train import fit
 
@@ -95,8 +96,8 @@ def run_job(cfg: DictConfig, run_dir: Path, *, names: dict[str, str], group: str
         "hidden_size": cfg.model.hidden_size, "num_layers": cfg.model.num_layers, "bidirectional": bidirectional,
         "num_seeds": cfg.train.num_seeds, "steps": 0, "steps_per_second": None, "compile_seconds": None,
         "wall_seconds": None, "backend": jax.default_backend(), "run_dir": str(run_dir.resolve()),
-        "seeds": [{"seed": s, "eval_loss": None, "eval_metric": None, "solved": False, "solved_at_step": None}
-                  for s in seeds],
+        "seeds": [{"seed": s, "eval_loss": None, "eval_metric": None, "solved": False, "solved_at_step": None,
+                   "grad_horizon": None, "grad_decay_rate": None} for s in seeds],
     }
 
     try:
@@ -113,6 +114,10 @@ def run_job(cfg: DictConfig, run_dir: Path, *, names: dict[str, str], group: str
             summary["wandb_dir"] = str(Path(logger.wandb_run.dir).parent)
         logger.write_summary(summary)
         bar = _progress_bar(cfg.train.progress, cfg.train.steps, name)
+        d = cfg.diagnostics
+        diagnostics_options = DiagnosticsOptions(
+            horizon_threshold=d.horizon_threshold, jacobian_times=d.jacobian_times,
+            jacobian_spans=tuple(d.jacobian_spans), jacobian_batch=d.jacobian_batch, power_iters=d.power_iters)
 
         def progress(done: int, postfix: dict[str, float]) -> None:
             bar.update(done - bar.n)
@@ -123,7 +128,9 @@ def run_job(cfg: DictConfig, run_dir: Path, *, names: dict[str, str], group: str
                          steps=cfg.train.steps, batch_size=cfg.train.batch_size,
                          eval_every=cfg.train.eval_every, eval_size=cfg.train.eval_size,
                          dropout=cfg.model.dropout > 0, seed_parallel=cfg.train.seed_parallel.value,
-                         on_eval=logger.log_eval, progress=progress)
+                         clip_norm=float(cfg.optim.get("clip_norm", 0.0)), diagnostics_every=d.every,
+                         diagnostics_batch=d.batch_size, diagnostics_options=diagnostics_options,
+                         on_eval=logger.log_eval, on_diagnostics=logger.log_diagnostics, progress=progress)
         except BaseException as e:
             bar.close()
             interrupted = isinstance(e, KeyboardInterrupt)
@@ -142,6 +149,7 @@ def run_job(cfg: DictConfig, run_dir: Path, *, names: dict[str, str], group: str
             compile_seconds=result.compile_seconds,
             train_seconds=result.train_seconds,
             wall_seconds=result.wall_seconds,
+            diagnostics_seconds=result.diagnostics_seconds,
             seeds=[r._asdict() for r in result.seeds],
         )
         logger.write_summary(summary)

@@ -3,6 +3,8 @@
 A run directory holds
 
     metrics.jsonl    one record per evaluation and seed (appended and flushed as training goes)
+    diagnostics.jsonl one record per diagnostic step and seed: full gradient-flow curves, Jacobian
+                     norms, gate statistics (see diagnostics.py)
     summary.json     written atomically: status "running" at the start, the final record at the end
     config.yaml      the resolved config (Hydra's .hydra/config.yaml keeps ${oc.env:...} unresolved)
     wandb/           the W&B run (offline by default: ``wandb sync RUN_DIR/wandb/offline-run-*``)
@@ -22,6 +24,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 METRICS_FILE = "metrics.jsonl"
+DIAGNOSTICS_FILE = "diagnostics.jsonl"
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"
 
@@ -87,6 +90,8 @@ class RunLogger:
                                 tags=list(tags), init_timeout=init_timeout)
         self._config = config
         self._metrics = None
+        self._diagnostics = None
+        self._flow_history: list[list[float]] = []  # log10 ||dL/dh_t||, mean over seeds, per diagnostic step
         self.wandb_run = None
 
     def __enter__(self) -> RunLogger:
@@ -132,6 +137,16 @@ class RunLogger:
                     data[key] = sum(values) / len(values)
             self.wandb_run.log(data, step=step)
 
+    def log_diagnostics(self, step: int, records: list[dict[str, Any]]) -> None:
+        """One record per seed at ``step``: appended to diagnostics.jsonl; scalars and plots to W&B."""
+        if self._diagnostics is None:
+            self._diagnostics = open(self.run_dir / DIAGNOSTICS_FILE, "a")  # closed in __exit__
+        for rec in records:
+            self._diagnostics.write(json.dumps(_json_safe(rec)) + "\n")
+        self._diagnostics.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log(_wandb_diagnostics(step, records, self._flow_history), step=step)
+
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.run_dir / SUMMARY_FILE, summary)
         if self.wandb_run is not None:
@@ -143,6 +158,68 @@ class RunLogger:
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._metrics is not None:
             self._metrics.close()
+        if self._diagnostics is not None:
+            self._diagnostics.close()
         if self.wandb_run is not None:
             self.wandb_run.finish(exit_code=0 if exc_type is None else 1)
             self.wandb_run = None
+
+
+def _log10(values: list[float | None]) -> list[float]:
+    return [math.log10(v) if v is not None and v > 0 else float("nan") for v in values]
+
+
+def _wandb_diagnostics(step: int, records: list[dict[str, Any]], history: list[list[float]]) -> dict[str, Any]:
+    """W&B payload for one diagnostic step: scalars per seed and their mean, the gradient-flow curve
+    (log10 ||dL/dh_t|| against t, one line per seed), its history over training as a heatmap image,
+    and gate saturation against t."""
+    import numpy as np
+    import wandb
+
+    data: dict[str, Any] = {}
+    scalars = ("grad_horizon", "grad_decay_rate", "grad_ratio_first_last")
+    for rec in records:
+        prefix = f"seed{rec['seed']}/"
+        for key in scalars:
+            if rec.get(key) is not None:
+                data[prefix + key] = rec[key]
+        for span, values in rec["jacobian_norm"].items():
+            finite = [v for v in values if v is not None]
+            if finite:
+                data[f"{prefix}jacobian_norm/span{span}"] = sum(finite) / len(finite)
+        for i, layer in enumerate(rec["gates"]):
+            for direction, gates in layer.items():
+                for gate, stats in gates.items():
+                    sat = [v for v in stats["saturation"] if v is not None]
+                    if sat:
+                        data[f"{prefix}gates/layer{i}/{direction}/{gate}_saturation"] = sum(sat) / len(sat)
+    for key in scalars:
+        values = [r[key] for r in records if r.get(key) is not None]
+        if values:
+            data[key] = sum(values) / len(values)
+
+    T = len(records[0]["grad_norm_per_step"])
+    t = list(range(1, T + 1))
+    curves = [_log10(r["grad_norm_per_step"]) for r in records]
+    data["gradient_flow/curve"] = wandb.plot.line_series(
+        xs=t, ys=curves, keys=[f"seed {r['seed']}" for r in records],
+        title=f"log10 ||dL/dh_t|| at step {step}", xname="t")
+    history.append(list(np.nanmean(np.asarray(curves, dtype=float), axis=0)))
+    image = np.asarray(history, dtype=float)  # [diagnostic steps, T]
+    finite = image[np.isfinite(image)]
+    if finite.size:
+        lo, hi = float(finite.min()), float(finite.max())
+        scaled = np.nan_to_num((image - lo) / (hi - lo if hi > lo else 1.0), nan=0.0)
+        pixels = (np.repeat(np.repeat(scaled, 8, axis=0), max(1, 512 // T), axis=1) * 255).astype(np.uint8)
+        data["gradient_flow/over_training"] = wandb.Image(
+            pixels, caption=f"log10 ||dL/dh_t|| (rows: diagnostic steps up to {step}; columns: t = 1..{T}); "
+                            f"dark {lo:.2f}, light {hi:.2f}")
+    first = records[0]
+    for i, layer in enumerate(first["gates"]):
+        for direction, gates in layer.items():
+            if gates:
+                data[f"gates/layer{i}/{direction}/saturation_curve"] = wandb.plot.line_series(
+                    xs=t, ys=[[v if v is not None else float("nan") for v in g["saturation"]] for g in gates.values()],
+                    keys=list(gates), title=f"gate saturation vs t, layer {i} {direction}, seed {first['seed']}",
+                    xname="t")
+    return data

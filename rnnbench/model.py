@@ -25,12 +25,14 @@ READOUTS = ("last", "all")
 class Model(NamedTuple):
     """``init(key, input_dim) -> params``; ``apply(params, x, mask=None, *, dropout_key=None) -> y``.
 
-    ``dropout_key=None`` means evaluation (no dropout).
+    ``dropout_key=None`` means evaluation (no dropout). ``layers`` and ``head(params, hs, summary)``
+    (the readout) let ``diagnostics.py`` run the same model while watching its last layer.
     """
 
     init: Callable[[PRNGKey, int], Params]
     apply: Callable[..., Array]
     layers: tuple[Layer, ...]
+    head: Callable[[Params, Array, Array], Array]
 
 
 def make_model(
@@ -67,13 +69,16 @@ def make_model(
         w = jax.nn.initializers.glorot_uniform()(keys[-1], (width, output_dim), jnp.float32)
         return {"layers": stack, "readout": {"w": w, "b": jnp.zeros((output_dim,), jnp.float32)}}
 
-    def apply(params: Params, x: Array, mask: Array | None = None, *, dropout_key: PRNGKey | None = None) -> Array:
-        hs, summary = scan_stack(layers, params["layers"], x, mask, dropout_rate=dropout,
-                                 dropout_key=dropout_key, unroll=unroll, hoist_input=hoist_input)
+    def head(params: Params, hs: Array, summary: Array) -> Array:
         features = summary if readout == "last" else hs
         return affine(features, params["readout"]["w"], params["readout"]["b"])
 
-    return Model(init, apply, layers)
+    def apply(params: Params, x: Array, mask: Array | None = None, *, dropout_key: PRNGKey | None = None) -> Array:
+        hs, summary = scan_stack(layers, params["layers"], x, mask, dropout_rate=dropout,
+                                 dropout_key=dropout_key, unroll=unroll, hoist_input=hoist_input)
+        return head(params, hs, summary)
+
+    return Model(init, apply, layers, head)
 
 
 def count_params(params: Params) -> int:

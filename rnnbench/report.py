@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rnnbench.logging import SUMMARY_FILE
+from rnnbench.logging import DIAGNOSTICS_FILE, SUMMARY_FILE
 
 
 def collect(dirs: list[Path]) -> list[dict[str, Any]]:
@@ -56,10 +56,65 @@ def comparison_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def gradient_flow_curves(run_dir: Path) -> dict[int, list[list[float]]]:
+    """``{diagnostic step: [per-seed curve ||dL/dh_t||, t = 1..T]}`` from a run's diagnostics.jsonl."""
+    curves: dict[int, list[list[float]]] = {}
+    path = Path(run_dir) / DIAGNOSTICS_FILE
+    if not path.exists():
+        return curves
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        curves.setdefault(rec["step"], []).append(
+            [float("nan") if v is None else v for v in rec["grad_norm_per_step"]])
+    return curves
+
+
+def plot_gradient_flow(rows: list[dict[str, Any]], out: Path) -> Path | None:
+    """One figure per task: ||dL/dh_{T-k}|| / ||dL/dh_T|| against the lag k (log scale), one line per
+    cell (median over seeds, interquartile band), at the first and the last diagnostic step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    runs = [(r, gradient_flow_curves(Path(r["path"]))) for r in rows]
+    runs = [(r, c) for r, c in runs if c]
+    if not runs:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for r, curves in runs:
+        steps = sorted(curves)
+        for ax, step in zip(axes, (steps[0], steps[-1]), strict=True):
+            c = np.asarray(curves[step], dtype=float)[:, ::-1]  # [seeds, lag]
+            ratio = c / c[:, :1]
+            lag = np.arange(ratio.shape[1])
+            med = np.nanmedian(ratio, axis=0)
+            line, = ax.plot(lag, med, label=f"{r.get('cell')} ({r.get('task')}, T={r.get('seq_len')})")
+            if ratio.shape[0] > 1:
+                q1, q3 = np.nanpercentile(ratio, [25, 75], axis=0)
+                ax.fill_between(lag, q1, q3, color=line.get_color(), alpha=0.2)
+            ax.set_title(f"{'start' if step == steps[0] else 'end'} of training (step {step})")
+    for ax in axes:
+        ax.set_yscale("log")
+        ax.set_xlabel("lag k = T - t (steps back from the last)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("||dL/dh_{T-k}|| / ||dL/dh_T||")
+    axes[1].legend(fontsize=8)
+    fig.suptitle("Gradient flow through time: median over seeds, band = interquartile range")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console script ``rnnbench-report``."""
     parser = argparse.ArgumentParser(prog="rnnbench-report", description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", type=Path, help="run or sweep directories")
+    parser.add_argument("--plots", action="store_true", help="also write PNG plots (gradient flow)")
+    parser.add_argument("--out", type=Path, help="where plots go (default: the first DIR/report)")
     args = parser.parse_args(argv)
     missing = [str(d) for d in args.dirs if not d.is_dir()]
     if missing:
@@ -68,6 +123,10 @@ def main(argv: list[str] | None = None) -> None:
     if not rows:
         parser.exit(2, f"rnnbench-report: error: no {SUMMARY_FILE} under {', '.join(map(str, args.dirs))}\n")
     print(comparison_table(rows))
+    if args.plots:
+        out = (args.out or args.dirs[0] / "report") / "gradient_flow.png"
+        written = plot_gradient_flow(rows, out)
+        print(f"\n{written}" if written else f"\nno {DIAGNOSTICS_FILE} under the given directories: no plot")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ the textbook win. ``python -m rnnbench.bench`` measures both on the machine at h
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +52,32 @@ def scan_cell(
     ``reverse`` scans from t = T-1 down to 0 (outputs stay in input order). ``mask [B, T]`` holds the
     carry and zeroes the output on padded steps. ``carry`` defaults to ``cell.initial_carry``.
     """
+    carry, hs, _ = scan_cell_observed(cell, params, xs, mask, reverse=reverse, carry=carry, unroll=unroll,
+                                      hoist_input=hoist_input)
+    return carry, hs
+
+
+def scan_cell_observed(
+    cell: Cell,
+    params: Params,
+    xs: Array,
+    mask: Array | None = None,
+    *,
+    reverse: bool = False,
+    carry: Carry | None = None,
+    unroll: int = 1,
+    hoist_input: bool | None = None,
+    perturb: Carry | None = None,
+    probe: Callable[[Carry, Array], Any] | None = None,
+) -> tuple[Carry, Array, Any]:
+    """``scan_cell`` that can also watch and nudge the state; the one implementation of both.
+
+    ``perturb`` is a carry-shaped pytree with a time axis (leaves ``[B, T, ...]``) added to the state
+    after each step: with zeros, differentiating the loss by it gives dL/d(state_t) for every t in one
+    backward pass (``diagnostics.py``). ``probe(carry_before, gx_t)`` is evaluated at every step on the
+    state before the step and the projected input ``gx_t [B, G]``; its results come back stacked as
+    ``[T, ...]`` (time-major). Returns ``(final carry, hs [B, T, H], probes or None)``.
+    """
     if hoist_input is None:
         hoist_input = default_hoist_input()
     if carry is None:
@@ -60,21 +87,29 @@ def scan_cell(
         inputs, update = cell.project_input(params, xs_tm), cell.recurrence  # [T, B, G]
     else:
         inputs, update = xs_tm, cell.step
+    per_step: dict[str, Any] = {"input": inputs}
+    if mask is not None:
+        per_step["mask"] = jnp.swapaxes(mask, 0, 1)
+    if perturb is not None:
+        per_step["perturb"] = jax.tree.map(lambda e: jnp.swapaxes(e, 0, 1), perturb)
 
-    if mask is None:
-        def body(c, inp):
-            return update(params, c, inp)
+    def body(c, step_in):
+        inp = step_in["input"]
+        new_c, h = update(params, c, inp)
+        if "perturb" in step_in:
+            # The output is the carry's last leaf (the Cell convention), so it carries the nudge too.
+            new_c = jax.tree.map(jnp.add, new_c, step_in["perturb"])
+            h = jax.tree.leaves(new_c)[-1]
+        if "mask" in step_in:
+            m_t = step_in["mask"]
+            new_c, h = _hold_where_padded(m_t, new_c, c), jnp.where(m_t[:, None], h, jnp.zeros_like(h))
+        if probe is None:
+            return new_c, h
+        return new_c, (h, probe(c, inp if hoist_input else cell.project_input(params, inp)))
 
-        carry, hs = jax.lax.scan(body, carry, inputs, reverse=reverse, unroll=unroll)
-    else:
-        def body(c, inp):
-            inp_t, m_t = inp
-            new_c, h = update(params, c, inp_t)
-            return _hold_where_padded(m_t, new_c, c), jnp.where(m_t[:, None], h, jnp.zeros_like(h))
-
-        mask_tm = jnp.swapaxes(mask, 0, 1)
-        carry, hs = jax.lax.scan(body, carry, (inputs, mask_tm), reverse=reverse, unroll=unroll)
-    return carry, jnp.swapaxes(hs, 0, 1)
+    carry, out = jax.lax.scan(body, carry, per_step, reverse=reverse, unroll=unroll)
+    hs, probes = out if probe is not None else (out, None)
+    return carry, jnp.swapaxes(hs, 0, 1), probes
 
 
 def last_valid(hs: Array, mask: Array | None) -> Array:
@@ -109,13 +144,38 @@ def scan_layer(layer: Layer, params: Params, xs: Array, mask: Array | None = Non
     at each sequence's last real step, and for a bidirectional layer, the backward half at t = 0
     (where the backward pass ends after reading the whole sequence), as PyTorch's ``h_n``.
     """
+    hs, summary, _ = scan_layer_observed(layer, params, xs, mask, **kw)
+    return hs, summary
+
+
+def scan_layer_observed(
+    layer: Layer,
+    params: Params,
+    xs: Array,
+    mask: Array | None = None,
+    *,
+    perturb: Any = None,
+    probe: Callable[[Cell, Params], Callable] | None = None,
+    **kw,
+) -> tuple[Array, Array, Any]:
+    """``scan_layer`` with ``scan_cell_observed``'s perturbations and probes, per direction.
+
+    For a bidirectional layer ``perturb`` is ``{"fwd": ..., "bwd": ...}`` and so are the probes.
+    ``probe(cell, params)`` returns the per-step probe for that direction's cell.
+    """
+    def run(cell, p, eps, reverse):
+        return scan_cell_observed(cell, p, xs, mask, reverse=reverse, perturb=eps,
+                                  probe=None if probe is None else probe(cell, p), **kw)
+
     if layer.backward is None:
-        _, hs = scan_cell(layer.forward, params, xs, mask, **kw)
-        return hs, last_valid(hs, mask)
-    _, hs_f = scan_cell(layer.forward, params["fwd"], xs, mask, **kw)
-    _, hs_b = scan_cell(layer.backward, params["bwd"], xs, mask, reverse=True, **kw)
+        _, hs, probes = run(layer.forward, params, perturb, False)
+        return hs, last_valid(hs, mask), probes
+    eps = perturb or {"fwd": None, "bwd": None}
+    _, hs_f, probes_f = run(layer.forward, params["fwd"], eps["fwd"], False)
+    _, hs_b, probes_b = run(layer.backward, params["bwd"], eps["bwd"], True)
     hs = jnp.concatenate([hs_f, hs_b], axis=-1)
-    return hs, jnp.concatenate([last_valid(hs_f, mask), hs_b[:, 0]], axis=-1)
+    summary = jnp.concatenate([last_valid(hs_f, mask), hs_b[:, 0]], axis=-1)
+    return hs, summary, {"fwd": probes_f, "bwd": probes_b}
 
 
 def dropout(key: PRNGKey, rate: float, x: Array) -> Array:

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from rnnbench.diagnostics import DEFAULT_OPTIONS, DiagnosticsOptions, diagnose
 from rnnbench.model import Model, count_params
 from rnnbench.tasks.base import Task
 from rnnbench.types import Params, PRNGKey
@@ -52,8 +53,16 @@ def seed_keys(seed: int) -> SeedKeys:
     return SeedKeys(*(jax.random.fold_in(root, i) for i in range(4)))
 
 
-def make_train_step(model: Model, task: Task, optimizer: optax.GradientTransformation, dropout: bool) -> Callable:
-    """``train_step(state, batch, key) -> (state, metrics)``; pure, for one seed."""
+def make_train_step(
+    model: Model, task: Task, optimizer: optax.GradientTransformation, dropout: bool, clip_norm: float = 0.0
+) -> Callable:
+    """``train_step(state, batch, key) -> (state, metrics)``; pure, for one seed.
+
+    Besides the loss: the global gradient norm ``l2_grads``, one norm per layer and the readout
+    (``l2_grads_layers``), ``l2_updates``, ``l2_params``, whether the gradient was clipped (its norm
+    above ``clip_norm``, exactly when ``optax.clip_by_global_norm`` rescales) and how many gradient
+    entries were NaN or Inf.
+    """
 
     def train_step(state: TrainState, batch, key: PRNGKey):
         def loss_fn(params):
@@ -63,11 +72,15 @@ def make_train_step(model: Model, task: Task, optimizer: optax.GradientTransform
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        l2_grads = optax.tree.norm(grads)
         metrics = {
             "loss": loss,
-            "l2_grads": optax.tree.norm(grads),
+            "l2_grads": l2_grads,
+            "l2_grads_layers": jnp.stack([optax.tree.norm(g) for g in (*grads["layers"], grads["readout"])]),
             "l2_updates": optax.tree.norm(updates),
             "l2_params": optax.tree.norm(params),
+            "clipped": (l2_grads > clip_norm) if clip_norm > 0 else jnp.zeros((), bool),
+            "nonfinite_grads": sum(jnp.sum(~jnp.isfinite(g)) for g in jax.tree.leaves(grads)),
         }
         return TrainState(params, opt_state, state.step + 1), metrics
 
@@ -87,6 +100,7 @@ class Trainer(NamedTuple):
     init: Callable  # (keys: SeedKeys[K]) -> TrainState[K]
     chunk: Callable  # (state[K], keys[K], n: static) -> (state[K], metrics {name: [K, n]})
     evaluate: Callable  # (params[K], keys[K]) -> (loss [K], metric [K])
+    diagnose: Callable  # (params[K], keys[K]) -> diagnostics.diagnose's dict, leaves [K, ...]
 
 
 def make_trainer(
@@ -98,12 +112,15 @@ def make_trainer(
     eval_size: int,
     dropout: bool = False,
     seed_parallel: str = "auto",
+    clip_norm: float = 0.0,
+    diagnostics_batch: int = 64,
+    diagnostics_options: DiagnosticsOptions = DEFAULT_OPTIONS,
 ) -> Trainer:
     if seed_parallel not in SEED_PARALLEL:
         allowed = ", ".join(SEED_PARALLEL)
         raise ValueError(f"train.seed_parallel={seed_parallel!r} is not allowed; choose one of: {allowed}")
     how = seed_parallel if seed_parallel != "auto" else ("map" if jax.default_backend() == "cpu" else "vmap")
-    train_step = make_train_step(model, task, optimizer, dropout)
+    train_step = make_train_step(model, task, optimizer, dropout, clip_norm)
 
     def init_one(keys: SeedKeys) -> TrainState:
         params = model.init(keys.init, task.input_dim)
@@ -122,6 +139,11 @@ def make_trainer(
         pred = model.apply(params, batch.x, batch.mask)
         return task.loss(pred, batch), task.metric(pred, batch)
 
+    def diagnose_one(params: Params, keys: SeedKeys):
+        # A fixed batch (the evaluation stream), so curves from different steps are comparable.
+        batch = task.sample(jax.random.fold_in(keys.eval, 1), diagnostics_batch)
+        return diagnose(model, task.loss, params, batch, jax.random.fold_in(keys.eval, 2), diagnostics_options)
+
     def chunk(state, keys, n):
         return _over_seeds(lambda s, k: chunk_one(s, k, n), how)(state, keys)
 
@@ -129,6 +151,7 @@ def make_trainer(
         init=_over_seeds(init_one, how),
         chunk=chunk,
         evaluate=_over_seeds(evaluate_one, how),
+        diagnose=_over_seeds(diagnose_one, how),
     )
 
 
@@ -139,6 +162,8 @@ class SeedResult(NamedTuple):
     solved: bool
     solved_at_step: int | None
     diverged_at_step: int | None
+    grad_horizon: int | None = None  # from the last diagnostic step
+    grad_decay_rate: float | None = None
 
 
 class FitResult(NamedTuple):
@@ -149,10 +174,34 @@ class FitResult(NamedTuple):
     train_seconds: float
     wall_seconds: float
     diverged: bool
+    diagnostics_seconds: float = 0.0
 
 
-def _finite_or_none(x: float) -> float | None:
-    return float(x) if math.isfinite(x) else None
+def _finite_or_none(x: Any) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def _seed_diagnostics(diag: dict[str, Any], k: int) -> dict[str, Any]:
+    """Seed k's slice of a diagnostics dict, as JSON-ready Python (lists, floats, None for NaN)."""
+    def plain(a):  # a scalar or a curve of seed k
+        a = np.asarray(a[k])
+        if a.ndim == 0:
+            return int(a) if a.dtype.kind in "iu" else _finite_or_none(a)
+        return [_finite_or_none(v) for v in a]
+
+    spans = [int(s) for s in np.asarray(diag["jacobian_spans"][k])]
+    return {
+        "grad_norm_per_step": plain(diag["grad_norm_per_step"]),
+        "grad_norm_per_step_state": [plain(c) for c in diag["grad_norm_per_step_state"]],
+        "grad_ratio_first_last": plain(diag["grad_ratio_first_last"]),
+        "grad_decay_rate": plain(diag["grad_decay_rate"]),
+        "grad_horizon": plain(diag["grad_horizon"]),
+        "jacobian_times": [int(t) for t in np.asarray(diag["jacobian_times"][k])],
+        "jacobian_norm": {str(span): plain(diag["jacobian_norm"][:, i]) for i, span in enumerate(spans)},
+        "gates": [{d: {g: {stat: plain(v) for stat, v in stats.items()} for g, stats in gates.items()}
+                   for d, gates in layer.items()} for layer in diag["gates"]],
+    }
 
 
 def fit(
@@ -168,62 +217,92 @@ def fit(
     eval_size: int,
     dropout: bool = False,
     seed_parallel: str = "auto",
+    clip_norm: float = 0.0,
+    diagnostics_every: int = 0,
+    diagnostics_batch: int = 64,
+    diagnostics_options: DiagnosticsOptions = DEFAULT_OPTIONS,
     on_eval: Callable[[int, list[dict[str, Any]]], None] | None = None,
+    on_diagnostics: Callable[[int, list[dict[str, Any]]], None] | None = None,
     progress: Callable[[int, dict[str, float]], None] | None = None,
 ) -> FitResult:
     """Train ``num_seeds`` seeds together for ``steps`` steps, evaluating every ``eval_every`` steps.
 
     ``on_eval(step, records)`` receives one record per seed at step 0, every ``eval_every`` steps and
-    at the end: step, seed, train_loss and grad_norm (means over the steps since the last record),
-    l2_updates and l2_params (last step), eval_loss, eval_metric, wall_time (seconds since start).
-    ``progress(steps_done, postfix)`` is called after each chunk. Training stops early once every
-    seed has a non-finite loss.
+    at the end: step, seed, eval_loss, eval_metric, wall_time (seconds since start) and, over the steps
+    since the last record, train_loss, grad_norm and grad_norm_layers (means), clip_fraction,
+    nonfinite_grads (a count), and the last step's l2_updates, l2_params and update_param_ratio.
+    With ``diagnostics_every > 0``, ``on_diagnostics(step, records)`` receives one record per seed
+    (see ``diagnostics.diagnose``) at step 0, at the first evaluation on or after each multiple of
+    ``diagnostics_every``, and at the end. ``progress(steps_done, postfix)`` is called after each
+    chunk. Training stops early once every seed has a non-finite loss.
     """
     t_start = time.perf_counter()
-    trainer = make_trainer(model, task, optimizer, batch_size=batch_size, eval_size=eval_size,
-                           dropout=dropout, seed_parallel=seed_parallel)
+    trainer = make_trainer(model, task, optimizer, batch_size=batch_size, eval_size=eval_size, dropout=dropout,
+                           seed_parallel=seed_parallel, clip_norm=clip_norm, diagnostics_batch=diagnostics_batch,
+                           diagnostics_options=diagnostics_options)
     seeds = [seed + k for k in range(num_seeds)]
     keys = jax.tree.map(lambda *ks: jnp.stack(ks), *[seed_keys(s) for s in seeds])
 
+    # Compile ahead of time: one program per distinct chunk length (at most two), evaluation and the
+    # diagnostics; the compile time is reported on its own, never mixed into steps/s.
+    t0 = time.perf_counter()
     state = jax.jit(trainer.init)(keys)
     num_params = count_params(jax.tree.map(lambda p: p[0], state.params))
-
-    # Compile ahead of time: one program per distinct chunk length (at most two), plus evaluation.
-    t0 = time.perf_counter()
     lengths = sorted({min(eval_every, steps), steps % eval_every} - {0})
     chunks = {
         n: jax.jit(trainer.chunk, static_argnums=2, donate_argnums=0).lower(state, keys, n).compile()
         for n in lengths
     }
     evaluate = jax.jit(trainer.evaluate).lower(state.params, keys).compile()
+    diagnose_all = jax.jit(trainer.diagnose).lower(state.params, keys).compile() if diagnostics_every else None
     compile_seconds = time.perf_counter() - t0
 
     threshold = task.solved_threshold
     solved_at: list[int | None] = [None] * num_seeds
     diverged_at: list[int | None] = [None] * num_seeds
     last_eval = (np.full(num_seeds, np.nan), np.full(num_seeds, np.nan))
-    train_seconds = 0.0
+    last_diag: list[dict[str, Any]] = [{} for _ in seeds]
+    train_seconds = diagnostics_seconds = 0.0
+
+    last_diag_step = -1
 
     def record(step: int, metrics: dict[str, np.ndarray] | None) -> None:
-        nonlocal last_eval
+        nonlocal last_eval, diagnostics_seconds, last_diag_step
         loss, metric = (np.asarray(a) for a in jax.device_get(evaluate(state.params, keys)))
         last_eval = (loss, metric)
         records = []
         for k, s in enumerate(seeds):
             if solved_at[k] is None and loss[k] < threshold:
                 solved_at[k] = step
-            rec = {"step": step, "seed": s, "train_loss": None, "grad_norm": None, "l2_updates": None,
-                   "l2_params": None, "eval_loss": _finite_or_none(loss[k]),
-                   "eval_metric": _finite_or_none(metric[k]),
-                   "wall_time": time.perf_counter() - t_start}
+            rec = {"step": step, "seed": s, "train_loss": None, "grad_norm": None, "grad_norm_layers": None,
+                   "clip_fraction": None, "nonfinite_grads": None, "l2_updates": None, "l2_params": None,
+                   "update_param_ratio": None, "eval_loss": _finite_or_none(loss[k]),
+                   "eval_metric": _finite_or_none(metric[k]), "wall_time": time.perf_counter() - t_start}
             if metrics is not None:
-                rec["train_loss"] = _finite_or_none(np.mean(metrics["loss"][k]))
-                rec["grad_norm"] = _finite_or_none(np.mean(metrics["l2_grads"][k]))
-                rec["l2_updates"] = _finite_or_none(metrics["l2_updates"][k][-1])
-                rec["l2_params"] = _finite_or_none(metrics["l2_params"][k][-1])
+                updates, params_norm = metrics["l2_updates"][k][-1], metrics["l2_params"][k][-1]
+                rec.update(
+                    train_loss=_finite_or_none(np.mean(metrics["loss"][k])),
+                    grad_norm=_finite_or_none(np.mean(metrics["l2_grads"][k])),
+                    grad_norm_layers=[_finite_or_none(v) for v in metrics["l2_grads_layers"][k].mean(axis=0)],
+                    clip_fraction=float(np.mean(metrics["clipped"][k])),
+                    nonfinite_grads=int(np.sum(metrics["nonfinite_grads"][k])),
+                    l2_updates=_finite_or_none(updates),
+                    l2_params=_finite_or_none(params_norm),
+                    update_param_ratio=_finite_or_none(updates / params_norm) if params_norm > 0 else None,
+                )
             records.append(rec)
         if on_eval is not None:
             on_eval(step, records)
+        due = last_diag_step < 0 or step // diagnostics_every > last_diag_step // diagnostics_every
+        if diagnose_all is not None and (due or step == steps):
+            last_diag_step = step
+            t0 = time.perf_counter()
+            diag = jax.device_get(diagnose_all(state.params, keys))
+            diagnostics_seconds += time.perf_counter() - t0
+            diag_records = [{"step": step, "seed": s, **_seed_diagnostics(diag, k)} for k, s in enumerate(seeds)]
+            last_diag[:] = diag_records
+            if on_diagnostics is not None:
+                on_diagnostics(step, diag_records)
 
     record(0, None)
     done = 0
@@ -248,9 +327,10 @@ def fit(
     results = [
         SeedResult(seed=s, eval_loss=float(loss[k]), eval_metric=float(metric[k]),
                    solved=bool(loss[k] < threshold), solved_at_step=solved_at[k],
-                   diverged_at_step=diverged_at[k])
+                   diverged_at_step=diverged_at[k], grad_horizon=last_diag[k].get("grad_horizon"),
+                   grad_decay_rate=last_diag[k].get("grad_decay_rate"))
         for k, s in enumerate(seeds)
     ]
     return FitResult(seeds=results, steps=done, num_params=num_params, compile_seconds=compile_seconds,
                      train_seconds=train_seconds, wall_seconds=time.perf_counter() - t_start,
-                     diverged=any(d is not None for d in diverged_at))
+                     diverged=any(d is not None for d in diverged_at), diagnostics_seconds=diagnostics_seconds)

@@ -51,6 +51,12 @@ def test_a_single_run_writes_its_files_and_an_offline_wandb_run(tmp_path):
     assert all(RECORD_KEYS <= r.keys() for r in records)
     # the summary's final losses are the last records'
     assert [s["eval_loss"] for s in summary["seeds"]] == [r["eval_loss"] for r in records[-2:]]
+    # gradient diagnostics at the start and the end (diagnostics.every=500 > steps), per seed
+    diagnostics = [json.loads(line) for line in (run_dir / "diagnostics.jsonl").read_text().splitlines()]
+    assert [(d["step"], d["seed"]) for d in diagnostics] == [(0, 3), (0, 4), (20, 3), (20, 4)]
+    assert all(len(d["grad_norm_per_step"]) == 6 + 2 * 10 for d in diagnostics)  # copy: T + 2 * copy_len steps
+    assert [s["grad_horizon"] for s in summary["seeds"]] == [d["grad_horizon"] for d in diagnostics[-2:]]
+    assert [s["grad_decay_rate"] for s in summary["seeds"]] == [d["grad_decay_rate"] for d in diagnostics[-2:]]
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and list(offline[0].glob("run-*.wandb"))
     assert summary["wandb_run_id"] in offline[0].name
@@ -59,7 +65,7 @@ def test_a_single_run_writes_its_files_and_an_offline_wandb_run(tmp_path):
 
 def test_multirun_gives_each_job_its_own_wandb_run(tmp_path):
     sweep = tmp_path / "sweep"
-    out = rnnbench("-m", "cell=rnn,lstm", f"hydra.sweep.dir={sweep}", *TINY, cwd=tmp_path)
+    out = rnnbench("-m", "cell=rnn,lstm", f"hydra.sweep.dir={sweep}", "diagnostics.every=0", *TINY, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     jobs = sorted(p for p in sweep.iterdir() if (p / "summary.json").exists())
     assert len(jobs) == 2
@@ -69,6 +75,7 @@ def test_multirun_gives_each_job_its_own_wandb_run(tmp_path):
         cells.append(summary["cell"])
         run_ids.append(summary["wandb_run_id"])
         assert len(list((job / "wandb").glob("offline-run-*"))) == 1
+        assert not (job / "diagnostics.jsonl").exists()  # diagnostics.every=0 turns them off
     assert cells == ["rnn", "lstm"]
     assert len(set(run_ids)) == 2
     # the comparison table printed at the end of the sweep has one row per job
@@ -88,6 +95,8 @@ def test_multirun_gives_each_job_its_own_wandb_run(tmp_path):
         (["optim.lr=abc"], "abc"),
         (["train.steps=0"], "train.steps=0"),
         (["cell.forget_bias=abc"], "abc"),
+        (["diagnostics.every=-1"], "diagnostics.every=-1"),
+        (["diagnostics.horizon_threshold=2"], "diagnostics.horizon_threshold=2"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, args, needle):

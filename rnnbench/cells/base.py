@@ -15,6 +15,8 @@ Every cell in rnnbench splits its step into an input projection and a recurrence
 so ``scan.py`` may compute ``project_input`` for all time steps as one large matmul before the scan
 ("hoisting"), or call ``step`` inside it; which is faster depends on the backend (see scan.py).
 Gate matmuls are fused: one ``[D, G]`` input matrix and one ``[H, G]`` recurrent matrix per cell.
+By convention the carry's last leaf is the output h_t (the LSTM's carry is ``(c, h)``): the gradient
+diagnostics perturb the carry and read dL/dh_t there.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class Cell(NamedTuple):
       project_input: ``(params, x [..., D]) -> gx [..., G]``, the part of ``step`` that reads only x.
       recurrence: ``(params, carry, gx_t [B, G]) -> (carry, h_t)``, the rest of ``step``.
       name: the cell's name in the literature.
+      gates: ``(params, carry, gx_t) -> {gate name: activation [B, H]}`` for gated cells (the
+        sigmoid gates, which the diagnostics watch for saturation), None for ungated cells.
     """
 
     init: Callable[[PRNGKey, int], Params]
@@ -48,6 +52,7 @@ class Cell(NamedTuple):
     project_input: Callable[[Params, Array], Array]
     recurrence: Callable[[Params, Carry, Array], tuple[Carry, Array]]
     name: str
+    gates: Callable[[Params, Carry, Array], dict[str, Array]] | None = None
 
 
 def make_cell(
@@ -58,6 +63,7 @@ def make_cell(
     initial_carry: Callable[..., Carry],
     project_input: Callable[[Params, Array], Array],
     recurrence: Callable[[Params, Carry, Array], tuple[Carry, Array]],
+    gates: Callable[[Params, Carry, Array], dict[str, Array]] | None = None,
 ) -> Cell:
     """Assemble a Cell whose ``step`` is ``recurrence`` after ``project_input`` (one definition)."""
     check_positive_int("hidden_size", hidden_size)
@@ -65,7 +71,7 @@ def make_cell(
     def step(params: Params, carry: Carry, x_t: Array) -> tuple[Carry, Array]:
         return recurrence(params, carry, project_input(params, x_t))
 
-    return Cell(init, initial_carry, step, hidden_size, project_input, recurrence, name)
+    return Cell(init, initial_carry, step, hidden_size, project_input, recurrence, name, gates)
 
 
 # --- initialisers ------------------------------------------------------------------------------

@@ -51,7 +51,8 @@ def gru(
     def project_input(params, x):
         return affine(x, params["w_x"], params["b"])
 
-    def recurrence(params, h, gx):
+    def activations(params, h, gx):
+        """(r, z, n): reset gate, update gate, candidate state."""
         w_h = params["w_h"]
         if reset_after:
             b_hn = params["b_hn"].reshape((1,) * (h.ndim - 1) + (H,))
@@ -64,8 +65,16 @@ def gru(
             rz = jax.nn.sigmoid(gx[..., : 2 * H] + h @ w_h[:, : 2 * H])
             r, z = rz[..., :H], rz[..., H:]
             n = jnp.tanh(gx[..., 2 * H :] + (r * h) @ w_h[:, 2 * H :])
+        return r, z, n
+
+    def recurrence(params, h, gx):
+        _, z, n = activations(params, h, gx)
         h = (1.0 - z) * n + z * h
         return h, h
 
+    def gates(params, h, gx):
+        r, z, _ = activations(params, h, gx)
+        return {"reset": r, "update": z}
+
     return make_cell(name="gru", hidden_size=H, init=init, initial_carry=initial_carry,
-                     project_input=project_input, recurrence=recurrence)
+                     project_input=project_input, recurrence=recurrence, gates=gates)

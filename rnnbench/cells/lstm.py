@@ -43,13 +43,20 @@ def lstm(
     def project_input(params, x):
         return affine(x, params["w_x"], params["b"])
 
+    def activations(params, carry, gx):
+        _, h = carry
+        i, f, g, o = jnp.split(gx + h @ params["w_h"], 4, axis=-1)
+        return jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+
     def recurrence(params, carry, gx):
-        c, h = carry
-        z = gx + h @ params["w_h"]
-        i, f, g, o = jnp.split(z, 4, axis=-1)
-        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-        h = jax.nn.sigmoid(o) * jnp.tanh(c)
+        i, f, g, o = activations(params, carry, gx)
+        c = f * carry[0] + i * g
+        h = o * jnp.tanh(c)
         return (c, h), h
 
+    def gates(params, carry, gx):
+        i, f, _, o = activations(params, carry, gx)
+        return {"input": i, "forget": f, "output": o}
+
     return make_cell(name="lstm", hidden_size=H, init=init, initial_carry=initial_carry,
-                     project_input=project_input, recurrence=recurrence)
+                     project_input=project_input, recurrence=recurrence, gates=gates)
