@@ -129,7 +129,11 @@ class RunLogger:
             data: dict[str, Any] = {}
             for rec in records:
                 for key, value in rec.items():
-                    if key not in ("step", "seed") and value is not None:
+                    if key in ("step", "seed") or value is None:
+                        continue
+                    if isinstance(value, list):  # per-layer values: one scalar each (the readout last)
+                        data.update({f"seed{rec['seed']}/{key}/{i}": v for i, v in enumerate(value) if v is not None})
+                    else:
                         data[f"seed{rec['seed']}/{key}"] = value
             for key in ("train_loss", "eval_loss", "eval_metric", "grad_norm"):
                 values = [r[key] for r in records if r.get(key) is not None]

@@ -60,6 +60,15 @@ def test_a_single_run_writes_its_files_and_an_offline_wandb_run(tmp_path):
     offline = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and list(offline[0].glob("run-*.wandb"))
     assert summary["wandb_run_id"] in offline[0].name
+    # read the W&B run back with W&B's own tool: config, metrics and the diagnostics plots are in it
+    (log,) = offline[0].glob("run-*.wandb")
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    inspect = subprocess.run([str(wandb_cli), "leet", "inspect", "--summary", "--json", str(log)],
+                             capture_output=True, text=True, timeout=120, check=True)
+    logged = json.loads(inspect.stdout)
+    assert {"seed3/eval_loss", "seed4/grad_horizon", "grad_horizon", "gradient_flow/curve_table",
+            "gradient_flow/over_training"} <= set(logged["summary"])
+    assert logged["summary"]["seed4/eval_loss"] == pytest.approx(summary["seeds"][1]["eval_loss"])
     assert "gru copy T=6: completed" in out.stdout
 
 
