@@ -188,6 +188,15 @@ def build_optimizer(node: DictConfig, total_steps: int):
     return _call(fn, "optim", total_steps=total_steps, **kwargs)
 
 
+def plugin_setting(node: DictConfig, group: str, key: str, missing: Any = None) -> Any:
+    """The value a plug-in runs with for ``key``: the config's, else its factory's default."""
+    fn, kwargs = plugin_kwargs(node, group)
+    if key in kwargs:
+        return kwargs[key]
+    param = inspect.signature(fn).parameters.get(key)
+    return missing if param is None or param.default is inspect.Parameter.empty else param.default
+
+
 def _positive(cfg: DictConfig, key: str) -> None:
     value = OmegaConf.select(cfg, key)
     if value < 1:

@@ -17,7 +17,15 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from rnnbench.config import ConfigError, build_cell, build_optimizer, build_task, to_plain, validate
+from rnnbench.config import (
+    ConfigError,
+    build_cell,
+    build_optimizer,
+    build_task,
+    plugin_setting,
+    to_plain,
+    validate,
+)
 from rnnbench.logging import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -128,8 +136,9 @@ def run_job(cfg: DictConfig, run_dir: Path, *, names: dict[str, str], group: str
                          steps=cfg.train.steps, batch_size=cfg.train.batch_size,
                          eval_every=cfg.train.eval_every, eval_size=cfg.train.eval_size,
                          dropout=cfg.model.dropout > 0, seed_parallel=cfg.train.seed_parallel.value,
-                         clip_norm=float(cfg.optim.get("clip_norm", 0.0)), diagnostics_every=d.every,
-                         diagnostics_batch=d.batch_size, diagnostics_options=diagnostics_options,
+                         clip_norm=float(plugin_setting(cfg.optim, "optim", "clip_norm", 0.0)),
+                         diagnostics_every=d.every, diagnostics_batch=d.batch_size,
+                         diagnostics_options=diagnostics_options,
                          on_eval=logger.log_eval, on_diagnostics=logger.log_diagnostics, progress=progress)
         except BaseException as e:
             bar.close()

@@ -114,3 +114,15 @@ def test_bad_values_are_one_line_config_errors(compose, overrides, needle):
 def test_typos_and_wrong_types_fail_at_composition(compose, override):
     with pytest.raises((HydraException, OmegaConfBaseException)):
         compose([override])
+
+
+def test_plugin_setting_falls_back_to_the_factory_default(compose):
+    from omegaconf import OmegaConf
+
+    from rnnbench.config import plugin_setting
+
+    cfg = compose(["optim.clip_norm=0.5"])
+    assert plugin_setting(cfg.optim, "optim", "clip_norm") == 0.5
+    bare = OmegaConf.create({"_target_": "rnnbench.optim.adam"})  # a YAML that leaves clip_norm out
+    assert plugin_setting(bare, "optim", "clip_norm") == 1.0
+    assert plugin_setting(bare, "optim", "no_such_key", missing=0.0) == 0.0
