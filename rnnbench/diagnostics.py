@@ -15,6 +15,7 @@ From the curve n_t (t = 1..T) and the lag k = T - t:
     grad_ratio_first_last = n_1 / n_T
     grad_decay_rate       = -slope of ln n_{T-k} against k (least squares): > 0 vanishes, < 0 explodes
     grad_horizon          = the largest k such that n_{T-j} / n_T >= horizon_threshold for all j <= k
+                            (-1 when undefined: n_T is 0 or not finite)
 
 Recurrent Jacobian. For sampled t and each span s, the spectral norm of the state Jacobian
 d state_{t+s} / d state_t (for s = 1, dh_t/dh_{t-1}; for the LSTM over the full (c, h) state), per

@@ -266,7 +266,7 @@ def fit(
 
     last_diag_step = -1
 
-    def record(step: int, metrics: dict[str, np.ndarray] | None) -> None:
+    def record(step: int, metrics: dict[str, np.ndarray] | None, final: bool = False) -> None:
         nonlocal last_eval, diagnostics_seconds, last_diag_step
         loss, metric = (np.asarray(a) for a in jax.device_get(evaluate(state.params, keys)))
         last_eval = (loss, metric)
@@ -294,7 +294,7 @@ def fit(
         if on_eval is not None:
             on_eval(step, records)
         due = last_diag_step < 0 or step // diagnostics_every > last_diag_step // diagnostics_every
-        if diagnose_all is not None and (due or step == steps):
+        if diagnose_all is not None and (due or final):
             last_diag_step = step
             t0 = time.perf_counter()
             diag = jax.device_get(diagnose_all(state.params, keys))
@@ -317,10 +317,11 @@ def fit(
             bad = ~np.isfinite(metrics["loss"][k]) | ~np.isfinite(metrics["l2_grads"][k])
             if diverged_at[k] is None and bad.any():
                 diverged_at[k] = done - n + 1 + int(np.argmax(bad))
-        record(done, metrics)
+        all_diverged = all(d is not None for d in diverged_at)
+        record(done, metrics, final=done == steps or all_diverged)
         if progress is not None:
             progress(done, {"eval_loss": float(np.nanmean(last_eval[0]))})
-        if all(d is not None for d in diverged_at):
+        if all_diverged:
             break
 
     loss, metric = last_eval
