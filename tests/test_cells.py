@@ -24,6 +24,7 @@ from jax.test_util import check_grads
 
 from rnnbench.cells.gru import gru
 from rnnbench.cells.lstm import lstm
+from rnnbench.cells.peephole import greff_lstm
 from rnnbench.cells.rnn import rnn
 from rnnbench.scan import scan_cell
 
@@ -90,15 +91,101 @@ def np_gru_step(reset_after):
     return step
 
 
-# factory -> (kwargs it accepts, builder kwargs -> (numpy step, gates, extra [H] bias vectors))
+def np_greff_lstm_step(kw):
+    """Greff et al. 2017, eq. 1-6 (peephole LSTM, Gers & Schmidhuber 2000) with each ablation switch.
+
+    Params: fused ``w_x``, ``w_h``, ``b`` with one block per pre-activation present, in order z, i, f, o;
+    diagonal peepholes ``p_i, p_f, p_o`` for the gates present; FGR's ``w_g [3H, 3H]`` maps the gates
+    [i, f, o] of t-1 to the pre-activations of i, f, o. Carry ``(c, y)``, FGR ``([i, f, o]_{t-1}, c, y)``.
+    """
+    peepholes = kw.get("peepholes", True)
+    has_i, has_f, has_o = (kw.get(k, True) for k in ("input_gate", "forget_gate", "output_gate"))
+    coupled, fgr = kw.get("coupled_input_forget", False), kw.get("full_gate_recurrence", False)
+    g = np_tanh if kw.get("input_activation", True) else (lambda a: a)
+    h = np_tanh if kw.get("output_activation", True) else (lambda a: a)
+    order = ["z"] + ["i"] * has_i + ["f"] * (has_f and not coupled) + ["o"] * has_o
+
+    def step(p, carry, x):
+        if fgr:
+            prev_gates, c_prev, y_prev = carry
+        else:
+            c_prev, y_prev = carry
+        H = y_prev.shape[-1]
+
+        def pre(n):
+            k = order.index(n)
+            a = x @ _block(p["w_x"], k, H) + y_prev @ _block(p["w_h"], k, H) + _block(p["b"], k, H)
+            if fgr and n != "z":  # [i, f, o]_{t-1} R^g_n; the block input z is not a gate
+                a = a + prev_gates @ _block(p["w_g"], "ifo".index(n), H)
+            return a
+
+        def peek(n, cell):
+            return p["p_" + n] * cell if peepholes else 0.0
+
+        z = g(pre("z"))
+        i = np_sigmoid(pre("i") + peek("i", c_prev)) if has_i else 1.0
+        if coupled:
+            f = 1.0 - i
+        else:
+            f = np_sigmoid(pre("f") + peek("f", c_prev)) if has_f else 1.0
+        c = z * i + c_prev * f
+        o = np_sigmoid(pre("o") + peek("o", c)) if has_o else 1.0  # the new cell state
+        y = h(c) * o
+        if fgr:
+            return (np.concatenate([i, f, o], axis=-1), c, y), y
+        return (c, y), y
+
+    return step
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """A numpy step and what the init tests need to know of the cell's parameters and carry."""
+
+    step: Callable  # (params, carry, x) -> (carry, h), in float64 numpy
+    n_gates: int  # pre-activation blocks of the fused w_x [D, nH], w_h [H, nH], b [nH]
+    extra: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)  # other params: shape in units of H
+    bias_init: dict[int, float] = dataclasses.field(default_factory=dict)  # blocks of b not starting at 0 -> value
+    zero_init: tuple[str, ...] = ()  # extra params that start at zero
+    carry: tuple[int, ...] = (1,)  # the carry's leaves, [B, k H] each: the k
+    recurrent: tuple[str, ...] = ("w_h",)  # params made of [H, H] blocks drawn by recurrent_init
+
+    def extra_shapes(self, H):
+        return {name: tuple(k * H for k in units) for name, units in self.extra.items()}
+
+
+def _greff_reference(kw):
+    peepholes, coupled = kw.get("peepholes", True), kw.get("coupled_input_forget", False)
+    fgr, forget_bias = kw.get("full_gate_recurrence", False), kw.get("forget_bias", 1.0)
+    order = ["z"] + ["i"] * kw.get("input_gate", True) + ["f"] * (kw.get("forget_gate", True) and not coupled)
+    order += ["o"] * kw.get("output_gate", True)
+    peeps = tuple(f"p_{n}" for n in order[1:] if peepholes)
+    bias_init = {order.index("f"): forget_bias} if "f" in order else {}
+    if coupled:  # f = 1 - i starts at sigmoid(forget_bias)
+        bias_init[order.index("i")] = -forget_bias
+    extra = {p: (1,) for p in peeps} | ({"w_g": (3, 3)} if fgr else {})
+    return Reference(np_greff_lstm_step(kw), len(order), extra=extra, bias_init=bias_init, zero_init=peeps,
+                     carry=(3, 1, 1) if fgr else (1, 1), recurrent=("w_h", "w_g") if fgr else ("w_h",))
+
+
+def _gru_reference(kw):
+    reset_after = kw.get("reset_after", True)
+    return Reference(np_gru_step(reset_after), 3, extra={"b_hn": (1,)} if reset_after else {},
+                     zero_init=("b_hn",) if reset_after else ())
+
+
+# factory -> (kwargs it accepts, builder kwargs -> Reference)
 _INIT_ONLY = {"kernel_init", "recurrent_init"}
-REFERENCES: dict[Callable, tuple[set[str], Callable]] = {
-    rnn: ({"activation"} | _INIT_ONLY, lambda kw: (np_rnn_step(kw.get("activation", "tanh")), 1, 0)),
-    lstm: ({"forget_bias"} | _INIT_ONLY, lambda kw: (np_lstm_step, 4, 0)),
-    gru: (
-        {"reset_after"} | _INIT_ONLY,
-        lambda kw: (np_gru_step(kw.get("reset_after", True)), 3, 1 if kw.get("reset_after", True) else 0),
+_GREFF_SWITCHES = {"peepholes", "input_gate", "forget_gate", "output_gate", "input_activation", "output_activation",
+                   "coupled_input_forget", "full_gate_recurrence"}
+REFERENCES: dict[Callable, tuple[set[str], Callable[[dict], Reference]]] = {
+    rnn: ({"activation"} | _INIT_ONLY, lambda kw: Reference(np_rnn_step(kw.get("activation", "tanh")), 1)),
+    lstm: (
+        {"forget_bias"} | _INIT_ONLY,
+        lambda kw: Reference(np_lstm_step, 4, bias_init={1: kw.get("forget_bias", 1.0)}, carry=(1, 1)),
     ),
+    gru: ({"reset_after"} | _INIT_ONLY, _gru_reference),
+    greff_lstm: (_GREFF_SWITCHES | {"forget_bias", "name"} | _INIT_ONLY, _greff_reference),
 }
 
 
@@ -112,8 +199,8 @@ class CellCase:
     def make(self, hidden_size, **overrides):
         return self.factory(hidden_size, **{**self.kwargs, **overrides})
 
-    def reference(self):
-        """(numpy step, number of gates, number of extra [H] biases); LookupError if not covered."""
+    def reference(self) -> Reference:
+        """The numpy reference of this cell; LookupError if not covered."""
         if self.factory not in REFERENCES:
             raise LookupError(f"{self.name}: no numpy reference for factory {self.factory!r}")
         allowed, build = REFERENCES[self.factory]
@@ -259,17 +346,16 @@ def test_every_config_target_has_a_reference():
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_step_matches_numpy_equations(case):
     cell = case.make(H)
-    np_step, n_gates, extra = case.reference()
+    ref = case.reference()
     params = perturbed_params(cell, 0, D)
-    assert params["w_x"].shape == (D, n_gates * H)
-    assert params["w_h"].shape == (H, n_gates * H)
-    assert params["b"].shape == (n_gates * H,)
-    assert ("b_hn" in params) == bool(extra)
+    G = ref.n_gates * H
+    expected_shapes = {"w_x": (D, G), "w_h": (H, G), "b": (G,), **ref.extra_shapes(H)}
+    assert {k: v.shape for k, v in params.items()} == expected_shapes
     carry = random_carry(cell, 0, B)
     x = random_inputs(0, (B, D))
 
     new_carry, h = cell.step(params, carry, x)
-    ref_carry, ref_h = np_step(to_np64(params), to_np64(carry), np.asarray(x, np.float64))
+    ref_carry, ref_h = ref.step(to_np64(params), to_np64(carry), np.asarray(x, np.float64))
     assert h.shape == (B, H)
     assert_tree_close(h, ref_h)
     assert_tree_close(new_carry, ref_carry)
@@ -289,8 +375,11 @@ def test_step_is_recurrence_after_projection(case):
 def test_initial_carry_is_zeros(case):
     cell = case.make(H)
     carry = cell.initial_carry((B,))
-    for leaf in jax.tree.leaves(carry):
-        assert leaf.shape == (B, H) and leaf.dtype == jnp.float32
+    leaves = jax.tree.leaves(carry)
+    assert [leaf.shape for leaf in leaves] == [(B, k * H) for k in case.reference().carry]
+    assert leaves[-1].shape == (B, H), "the carry's last leaf is the output h_t"
+    for leaf in leaves:
+        assert leaf.dtype == jnp.float32
         assert not np.any(np.asarray(leaf))
     assert cell.hidden_size == H
 
@@ -350,52 +439,69 @@ def test_lstm_forget_bias(forget_bias):
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_init_biases_zero_except_lstm_forget(case):
+def test_init_biases_zero_except_forget(case):
+    """Biases (and peepholes) start at zero, except the blocks the reference names (the LSTMs' forget
+    bias; CIFG's input bias, -forget_bias so that f = 1 - i starts where the forget gate would)."""
     kwargs = {k: v for k, v in case.kwargs.items() if k != "forget_bias"}
     cell = case.factory(H, **kwargs)
-    _, n_gates, _ = case.reference()
+    ref = dataclasses.replace(case, kwargs=kwargs).reference()
     params = cell.init(jax.random.key(4), D)
-    assert params["b"].shape == (n_gates * H,)
-    for name, leaf in params.items():
+    assert params["b"].shape == (ref.n_gates * H,)
+    for leaf in params.values():
         assert leaf.dtype == jnp.float32
-        if name.startswith("b"):
-            leaf = np.asarray(leaf)
-            if case.factory is lstm and name == "b":
-                leaf = np.delete(leaf, np.s_[H : 2 * H])
-            np.testing.assert_array_equal(leaf, np.zeros_like(leaf))
+    expected_b = np.zeros((ref.n_gates, H), np.float32)
+    for k, value in ref.bias_init.items():
+        expected_b[k] = value
+    np.testing.assert_array_equal(params["b"], expected_b.reshape(-1))
+    zero = {name for name in params if name.startswith("b") and name != "b"} | set(ref.zero_init)
+    for name in zero:
+        np.testing.assert_array_equal(params[name], np.zeros_like(params[name]))
+
+
+def _square_blocks(w, H):
+    """The [H, H] blocks of an [mH, nH] matrix, row-block by row-block."""
+    rows, cols = w.shape
+    assert rows % H == 0 and cols % H == 0
+    return [w[r : r + H, c : c + H] for r in range(0, rows, H) for c in range(0, cols, H)]
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_default_recurrent_blocks_are_orthogonal_and_distinct(case):
+    """Every [H, H] block of w_h (and of FGR's gate-to-gate w_g) is its own orthogonal draw."""
     kwargs = {k: v for k, v in case.kwargs.items() if k != "recurrent_init"}
     cell = case.factory(H, **kwargs)
-    _, n_gates, _ = case.reference()
-    w_h = np.asarray(cell.init(jax.random.key(5), D)["w_h"], np.float64)
-    assert w_h.shape == (H, n_gates * H)
-    blocks = [_block(w_h, k, H) for k in range(n_gates)]
-    for q in blocks:
-        np.testing.assert_allclose(q.T @ q, np.eye(H), atol=1e-5)
-    for i in range(n_gates):
-        for j in range(i):
-            assert not np.allclose(blocks[i], blocks[j]), "gate blocks should be independent draws"
+    ref = case.reference()
+    params = cell.init(jax.random.key(5), D)
+    assert params["w_h"].shape == (H, ref.n_gates * H)
+    for name in ref.recurrent:
+        assert params[name].shape == {"w_h": (H, ref.n_gates * H), **ref.extra_shapes(H)}[name]
+        blocks = _square_blocks(np.asarray(params[name], np.float64), H)
+        for q in blocks:
+            np.testing.assert_allclose(q.T @ q, np.eye(H), atol=1e-5)
+        for i in range(len(blocks)):
+            for j in range(i):
+                assert not np.allclose(blocks[i], blocks[j]), f"{name}: blocks should be independent draws"
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_identity_recurrent_init(case):
     cell = case.make(H, recurrent_init="identity")
-    _, n_gates, _ = case.reference()
-    w_h = np.asarray(cell.init(jax.random.key(6), D)["w_h"])
-    np.testing.assert_array_equal(w_h, np.tile(np.eye(H, dtype=np.float32), (1, n_gates)))
+    ref = case.reference()
+    params = cell.init(jax.random.key(6), D)
+    for name in ref.recurrent:
+        shape = {"w_h": (H, ref.n_gates * H), **ref.extra_shapes(H)}[name]
+        np.testing.assert_array_equal(params[name], np.tile(np.eye(H, dtype=np.float32),
+                                                            (shape[0] // H, shape[1] // H)))
 
 
-@pytest.mark.parametrize("factory", [rnn, lstm, gru])
+@pytest.mark.parametrize("factory", [rnn, lstm, gru, greff_lstm])
 @pytest.mark.parametrize("which", ["kernel_init", "recurrent_init"])
 def test_unknown_initializer_raises(factory, which):
     with pytest.raises(ValueError, match="not_an_init"):
         factory(H, **{which: "not_an_init"})
 
 
-@pytest.mark.parametrize("factory", [rnn, lstm, gru])
+@pytest.mark.parametrize("factory", [rnn, lstm, gru, greff_lstm])
 @pytest.mark.parametrize("bad", [0, -2])
 def test_bad_hidden_size_raises(factory, bad):
     with pytest.raises(ValueError, match=rf"hidden_size={bad}\b"):
