@@ -112,9 +112,15 @@ def _zero_perturbation(layer, B: int, T: int, dtype) -> Any:
     return {"fwd": zeros(layer.forward), "bwd": zeros(layer.backward)}
 
 
-def _gate_probe(cell, params) -> Callable:
+def _probe(keep_state: bool) -> Callable:
+    """Per-step probe factory: gate statistics, and the state before the step when ``keep_state``
+    (only the last layer's, which the Jacobian needs: the others would be [T, B, ...] for nothing)."""
+    return lambda cell, params: _gate_probe(cell, params, keep_state)
+
+
+def _gate_probe(cell, params, keep_state: bool) -> Callable:
     def probe(carry, gx):
-        stats = {"state": carry}
+        stats = {"state": carry} if keep_state else {}
         if cell.gates is not None:
             lo, hi = SATURATION
             stats["gates"] = {
@@ -148,9 +154,10 @@ def diagnose(
     def forward(perturbation):
         hs, probes = x, []
         for i, (layer, p) in enumerate(zip(model.layers, params["layers"], strict=True)):
-            eps = perturbation if i == n_layers - 1 else None
+            last_layer = i == n_layers - 1
             layer_in = hs
-            hs, summary, pr = scan_layer_observed(layer, p, hs, mask, perturb=eps, probe=_gate_probe)
+            hs, summary, pr = scan_layer_observed(layer, p, hs, mask, perturb=perturbation if last_layer else None,
+                                                  probe=_probe(keep_state=last_layer))
             probes.append(pr)
         return loss_fn(model.head(params, hs, summary), batch), (probes, layer_in)
 
