@@ -45,6 +45,7 @@ class ModelConfig:
     dropout: float = 0.0
     unroll: int = 1
     hoist_input: bool | None = None  # None: decided per backend (see rnnbench/scan.py)
+    param_budget: int | None = None  # set: hidden_size is chosen so the model has ~this many parameters
 
 
 @dataclass
@@ -212,6 +213,9 @@ def validate(cfg: DictConfig) -> None:
     for key in ("model.hidden_size", "model.num_layers", "model.unroll", "train.steps", "train.batch_size",
                 "train.num_seeds", "train.eval_every", "train.eval_size"):
         _positive(cfg, key)
+    budget = cfg.model.param_budget
+    if budget is not None and budget < 1:
+        raise ConfigError(f"model.param_budget={budget} must be a positive integer (or null to use model.hidden_size)")
     if cfg.seed < 0:
         raise ConfigError(f"seed={cfg.seed} must be >= 0")
     if not 0.0 <= cfg.model.dropout < 1.0:

@@ -66,6 +66,20 @@ def _progress_bar(enabled: bool | None, total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="step", disable=disable, dynamic_ncols=True, leave=False)
 
 
+def _size_to_budget(cfg: DictConfig, cell_factory, task, bidirectional: bool) -> None:
+    """Set ``cfg.model.hidden_size`` to the size whose model has ~``model.param_budget`` parameters."""
+    from rnnbench.model import hidden_size_for_budget
+
+    try:
+        hidden, count = hidden_size_for_budget(
+            cell_factory, cfg.model.param_budget, input_dim=task.input_dim, output_dim=task.output_dim,
+            readout=task.readout, num_layers=cfg.model.num_layers, bidirectional=bidirectional)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    log.info("model.param_budget=%d: hidden_size=%d gives %d parameters", cfg.model.param_budget, hidden, count)
+    cfg.model.hidden_size = hidden
+
+
 def run_job(cfg: DictConfig, run_dir: Path, *, names: dict[str, str], group: str | None = None) -> dict[str, Any]:
     """Run one configured job in ``run_dir``; returns the summary also written to summary.json.
 
@@ -78,6 +92,8 @@ def run_job(cfg: DictConfig, run_dir: Path, *, names: dict[str, str], group: str
         cell_factory, bidirectional = build_cell(cfg.cell)
         optimizer = build_optimizer(cfg.optim, total_steps=cfg.train.steps)
         check_wandb_credentials(cfg.logger.mode.value)
+        if cfg.model.param_budget is not None:
+            _size_to_budget(cfg, cell_factory, task, bidirectional)
     except (ConfigError, WandbError):
         _discard_empty_run_dir(run_dir)
         raise
@@ -101,7 +117,8 @@ def run_job(cfg: DictConfig, run_dir: Path, *, names: dict[str, str], group: str
         "status": "running", "cell": names["cell"], "task": names["task"], "optim": names.get("optim"),
         "seq_len": task.seq_len, "num_params": None, "baseline_loss": task.baseline_loss,
         "solved_threshold": task.solved_threshold, "metric_name": task.metric_name,
-        "hidden_size": cfg.model.hidden_size, "num_layers": cfg.model.num_layers, "bidirectional": bidirectional,
+        "hidden_size": cfg.model.hidden_size, "param_budget": cfg.model.param_budget,
+        "num_layers": cfg.model.num_layers, "bidirectional": bidirectional,
         "num_seeds": cfg.train.num_seeds, "steps": 0, "steps_per_second": None, "compile_seconds": None,
         "wall_seconds": None, "backend": jax.default_backend(), "run_dir": str(run_dir.resolve()),
         "seeds": [{"seed": s, "eval_loss": None, "eval_metric": None, "solved": False, "solved_at_step": None,

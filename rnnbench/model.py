@@ -9,6 +9,7 @@ F = H, or 2H when bidirectional. The readout kernel is Glorot-initialised, its b
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -84,3 +85,40 @@ def make_model(
 def count_params(params: Params) -> int:
     """Number of trainable scalars in a params pytree."""
     return int(sum(x.size for x in jax.tree.leaves(params)))
+
+
+def model_param_count(cell_factory: Callable[[int], Cell], hidden_size: int, *, input_dim: int, output_dim: int,
+                      readout: str, num_layers: int = 1, bidirectional: bool = False) -> int:
+    """Trainable parameters of the model ``make_model`` builds, counted from shapes (nothing runs)."""
+    model = make_model(cell_factory, hidden_size=hidden_size, output_dim=output_dim, readout=readout,
+                       num_layers=num_layers, bidirectional=bidirectional)
+    return count_params(jax.eval_shape(lambda k: model.init(k, input_dim), jax.random.key(0)))
+
+
+def hidden_size_for_budget(cell_factory: Callable[[int], Cell], budget: int, *, input_dim: int, output_dim: int,
+                           readout: str, num_layers: int = 1, bidirectional: bool = False,
+                           max_hidden: int = 1 << 16) -> tuple[int, int]:
+    """The hidden size whose model has the parameter count nearest ``budget``: ``(H, count)``.
+
+    The count grows with H (quadratically for matrix recurrences, linearly for diagonal ones) except
+    for small steps where a cell drops a block (MUT1/MUT2 at H == D), so: bisect for the first H whose
+    count reaches the budget, then take the nearest of its neighbours (ties go to the smaller H).
+    """
+    check_positive_int("model.param_budget", budget)
+
+    @functools.cache
+    def count(h: int) -> int:
+        return model_param_count(cell_factory, h, input_dim=input_dim, output_dim=output_dim, readout=readout,
+                                 num_layers=num_layers, bidirectional=bidirectional)
+
+    lo, hi = 1, 1
+    while count(hi) < budget:
+        if hi >= max_hidden:
+            raise ValueError(f"model.param_budget={budget} needs a hidden size above {max_hidden}")
+        lo, hi = hi, min(2 * hi, max_hidden)
+    while lo < hi:  # first h in [lo, hi] with count(h) >= budget
+        mid = (lo + hi) // 2
+        lo, hi = (mid + 1, hi) if count(mid) < budget else (lo, mid)
+    candidates = range(max(1, lo - 2), min(lo + 2, max_hidden) + 1)
+    best = min(candidates, key=lambda h: (abs(count(h) - budget), h))
+    return best, count(best)

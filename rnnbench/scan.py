@@ -12,6 +12,11 @@ matmul) or inside each step. On XLA:CPU hoisting measured slower (0.78-0.80x: XL
 slice of the hoisted array into the gate computation, which then runs far slower per step), so
 ``hoist_input=None`` picks "inside the step" on CPU and "hoisted" on GPU/TPU, where one big matmul is
 the textbook win. ``python -m rnnbench.bench`` measures both on the machine at hand.
+
+Parallel form. A cell linear in its state may carry ``cell.parallel`` (``cells/linear_scan.py``): then
+the input projection is hoisted and the whole sequence runs as one ``associative_scan``. The
+diagnostics, which perturb and probe every step, run the same cell step by step (``step`` and
+``parallel`` are tested equal).
 """
 
 from __future__ import annotations
@@ -83,6 +88,10 @@ def scan_cell_observed(
     if carry is None:
         carry = cell.initial_carry(xs.shape[:1], xs.dtype)
     xs_tm = jnp.swapaxes(xs, 0, 1)  # [T, B, D]
+    if cell.parallel is not None and perturb is None and probe is None:
+        mask_tm = None if mask is None else jnp.swapaxes(mask, 0, 1)
+        carry, hs = cell.parallel(params, carry, cell.project_input(params, xs_tm), mask_tm, reverse)
+        return carry, jnp.swapaxes(hs, 0, 1), None
     if hoist_input:
         inputs, update = cell.project_input(params, xs_tm), cell.recurrence  # [T, B, G]
     else:
@@ -97,9 +106,12 @@ def scan_cell_observed(
         inp = step_in["input"]
         new_c, h = update(params, c, inp)
         if "perturb" in step_in:
-            # The output is the carry's last leaf (the Cell convention), so it carries the nudge too.
+            # The output is read from the nudged state: the carry's last leaf, or the cell's emit.
             new_c = jax.tree.map(jnp.add, new_c, step_in["perturb"])
-            h = jax.tree.leaves(new_c)[-1]
+            if cell.emit is None:
+                h = jax.tree.leaves(new_c)[-1]
+            else:
+                h = cell.emit(params, new_c, inp if hoist_input else cell.project_input(params, inp))
         if "mask" in step_in:
             m_t = step_in["mask"]
             new_c, h = _hold_where_padded(m_t, new_c, c), jnp.where(m_t[:, None], h, jnp.zeros_like(h))

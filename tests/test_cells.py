@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,8 +23,16 @@ import pytest
 import yaml
 from jax.test_util import check_grads
 
+from omegaconf import OmegaConf
+
 from rnnbench.cells.gru import gru
+from rnnbench.cells.indrnn import indrnn
+from rnnbench.cells.janet import janet
+from rnnbench.cells.lru import lru
 from rnnbench.cells.lstm import lstm
+from rnnbench.cells.mgu import mgu
+from rnnbench.cells.minimal import mingru, minlstm
+from rnnbench.cells.mut import mut
 from rnnbench.cells.peephole import greff_lstm
 from rnnbench.cells.rnn import rnn
 from rnnbench.scan import scan_cell
@@ -138,6 +147,114 @@ def np_greff_lstm_step(kw):
     return step
 
 
+def np_mgu_step(p, h, x):
+    """Zhou et al. 2016, eq. 11: one forget gate f, which also resets the state in the candidate."""
+    H = h.shape[-1]
+    f = np_sigmoid(x @ _block(p["w_x"], 0, H) + h @ _block(p["w_h"], 0, H) + _block(p["b"], 0, H))
+    cand = np_tanh(x @ _block(p["w_x"], 1, H) + (f * h) @ _block(p["w_h"], 1, H) + _block(p["b"], 1, H))
+    h = (1.0 - f) * h + f * cand
+    return h, h
+
+
+def np_mut_step(variant):
+    """Jozefowicz et al. 2015, MUT1-3 as printed (W x products written as row vectors x W).
+
+    The raw x_t of MUT1 (tanh(x_t)) and MUT2 (x_t in r) is the learned embedding x E when the input
+    width differs from H, else x itself (then ``w_x`` lacks that block)."""
+
+    def step(p, h, x):
+        H = h.shape[-1]
+        b = {n: _block(p["b"], k, H) for k, n in enumerate("zrh")}
+        whh = lambda k: _block(p["w_h"], k, H)  # noqa: E731
+        has_embedding = p["w_x"].shape[-1] == 3 * H
+        if variant == 1:  # input blocks z, r, E
+            wxz, wxr = _block(p["w_x"], 0, H), _block(p["w_x"], 1, H)
+            emb = x @ _block(p["w_x"], 2, H) if has_embedding else x
+            z = np_sigmoid(x @ wxz + b["z"])
+            r = np_sigmoid(x @ wxr + h @ whh(0) + b["r"])
+            new = np_tanh((r * h) @ whh(1) + np_tanh(emb) + b["h"]) * z + h * (1.0 - z)
+        elif variant == 2:  # input blocks z, E, W_xh
+            wxz = _block(p["w_x"], 0, H)
+            emb = x @ _block(p["w_x"], 1, H) if has_embedding else x
+            wxh = _block(p["w_x"], 2 if has_embedding else 1, H)
+            z = np_sigmoid(x @ wxz + h @ whh(0) + b["z"])
+            r = np_sigmoid(emb + h @ whh(1) + b["r"])
+            new = np_tanh((r * h) @ whh(2) + x @ wxh + b["h"]) * z + h * (1.0 - z)
+        else:
+            wxz, wxr, wxh = (_block(p["w_x"], k, H) for k in range(3))
+            z = np_sigmoid(x @ wxz + np_tanh(h) @ whh(0) + b["z"])
+            r = np_sigmoid(x @ wxr + h @ whh(1) + b["r"])
+            new = np_tanh((r * h) @ whh(2) + x @ wxh + b["h"]) * z + h * (1.0 - z)
+        return new, new
+
+    return step
+
+
+def np_g(v):
+    """Feng et al. 2024's g: v + 1/2 for v >= 0, sigmoid(v) below."""
+    return np.where(v >= 0, v + 0.5, np_sigmoid(v))
+
+
+def np_min_step(kind, log_space):
+    """minGRU: h = (1 - z) h + z g(k_h); minLSTM: h = f/(f+i) h + i/(f+i) g(k_h); gates from x only."""
+    cand = np_g if log_space else (lambda v: v)
+
+    def step(p, h, x):
+        H = h.shape[-1]
+        k = [x @ _block(p["w_x"], j, H) + _block(p["b"], j, H) for j in range(2 if kind == "gru" else 3)]
+        if kind == "gru":
+            z = np_sigmoid(k[0])
+            h = (1.0 - z) * h + z * cand(k[1])
+        else:
+            f, i = np_sigmoid(k[0]), np_sigmoid(k[1])
+            h = f / (f + i) * h + i / (f + i) * cand(k[2])
+        return h, h
+
+    return step
+
+
+def np_indrnn_step(activation, recurrent_max):
+    act = {"tanh": np_tanh, "relu": lambda a: np.maximum(a, 0.0)}[activation]
+
+    def step(p, h, x):
+        u = p["u"] if recurrent_max is None else np.clip(p["u"], -recurrent_max, recurrent_max)
+        h = act(x @ p["w_x"] + p["b"] + u * h)
+        return h, h
+
+    return step
+
+
+def np_janet_step(beta):
+    """van der Westhuizen & Lasenby 2018, eq. 8: c = s(f) c + (1 - s(f - beta)) tanh(c~), h = c."""
+
+    def step(p, c, x):
+        H = c.shape[-1]
+        pre = [x @ _block(p["w_x"], k, H) + c @ _block(p["w_h"], k, H) + _block(p["b"], k, H) for k in range(2)]
+        c = np_sigmoid(pre[0]) * c + (1.0 - np_sigmoid(pre[0] - beta)) * np_tanh(pre[1])
+        return c, c
+
+    return step
+
+
+_np_erf = np.vectorize(math.erf)
+
+
+def np_lru_step(activation):
+    """Orvieto et al. 2023 in complex numpy: x = lambda x + gamma (u B), y = act(Re(x C) + u D)."""
+    act = {"gelu": lambda v: 0.5 * v * (1.0 + _np_erf(v / math.sqrt(2.0))), "none": lambda v: v,
+           "tanh": np_tanh, "relu": lambda v: np.maximum(v, 0.0)}[activation]
+
+    def step(p, state, u):
+        N = p["nu_log"].shape[0]
+        lam = np.exp(-np.exp(p["nu_log"]) + 1j * np.exp(p["theta_log"]))
+        x = state[..., :N] + 1j * state[..., N:]
+        x = lam * x + np.exp(p["gamma_log"]) * (u @ (p["b_re"] + 1j * p["b_im"]))
+        y = act((x @ (p["c_re"] + 1j * p["c_im"])).real + u @ p["d"])
+        return np.concatenate([x.real, x.imag], axis=-1), y
+
+    return step
+
+
 @dataclasses.dataclass(frozen=True)
 class Reference:
     """A numpy step and what the init tests need to know of the cell's parameters and carry."""
@@ -149,9 +266,20 @@ class Reference:
     zero_init: tuple[str, ...] = ()  # extra params that start at zero
     carry: tuple[int, ...] = (1,)  # the carry's leaves, [B, k H] each: the k
     recurrent: tuple[str, ...] = ("w_h",)  # params made of [H, H] blocks drawn by recurrent_init
+    shapes: Callable[[int, int], dict] | None = None  # (D, H) -> param shapes, when not the fused layout
+    check_bias: bool = True  # b starts at zero but for bias_init (False: a random init, e.g. chrono)
+    emits: bool = False  # the output is not the carry's last leaf (the LRU)
 
     def extra_shapes(self, H):
         return {name: tuple(k * H for k in units) for name, units in self.extra.items()}
+
+    def param_shapes(self, D, H):
+        """Every parameter's shape at input width D: the fused ``w_x [D, nH], w_h [H, nH], b [nH]``
+        plus ``extra``, unless the cell has a layout of its own."""
+        if self.shapes is not None:
+            return self.shapes(D, H)
+        G = self.n_gates * H
+        return {"w_x": (D, G), "w_h": (H, G), "b": (G,), **self.extra_shapes(H)}
 
 
 def _greff_reference(kw):
@@ -174,6 +302,42 @@ def _gru_reference(kw):
                      zero_init=("b_hn",) if reset_after else ())
 
 
+def _mut_reference(kw):
+    variant = kw.get("variant", 1)
+
+    def shapes(D, H):
+        raw = variant in (1, 2) and D == H  # the raw-x block is x itself: no embedding parameters
+        return {"w_x": (D, 2 * H if raw else 3 * H), "w_h": (H, (2 if variant == 1 else 3) * H), "b": (3 * H,)}
+
+    return Reference(np_mut_step(variant), 3, shapes=shapes)
+
+
+def _min_reference(kind):
+    def build(kw):
+        n = 2 if kind == "gru" else 3
+        return Reference(np_min_step(kind, kw.get("log_space", True)), n, recurrent=(),
+                         bias_init={0: kw.get("forget_bias", 0.0)} if kind == "lstm" else {},
+                         shapes=lambda D, H: {"w_x": (D, n * H), "b": (n * H,)})
+
+    return build
+
+
+def _janet_reference(kw):
+    chrono = kw.get("chrono_t_max") is not None
+    return Reference(np_janet_step(kw.get("beta", 1.0)), 2, bias_init={0: kw.get("forget_bias", 1.0)},
+                     check_bias=not chrono)
+
+
+def _lru_reference(kw):
+    def shapes(D, H):
+        N = kw.get("state_size") or H
+        return {"nu_log": (N,), "theta_log": (N,), "gamma_log": (N,), "b_re": (D, N), "b_im": (D, N),
+                "c_re": (N, H), "c_im": (N, H), "d": (D, H)}
+
+    return Reference(np_lru_step(kw.get("activation", "gelu")), 1, carry=(2,), recurrent=(), shapes=shapes,
+                     check_bias=False, emits=True)
+
+
 # factory -> (kwargs it accepts, builder kwargs -> Reference)
 _INIT_ONLY = {"kernel_init", "recurrent_init"}
 _GREFF_SWITCHES = {"peepholes", "input_gate", "forget_gate", "output_gate", "input_activation", "output_activation",
@@ -186,6 +350,17 @@ REFERENCES: dict[Callable, tuple[set[str], Callable[[dict], Reference]]] = {
     ),
     gru: ({"reset_after"} | _INIT_ONLY, _gru_reference),
     greff_lstm: (_GREFF_SWITCHES | {"forget_bias", "name"} | _INIT_ONLY, _greff_reference),
+    mgu: (_INIT_ONLY, lambda kw: Reference(np_mgu_step, 2)),
+    mut: ({"variant"} | _INIT_ONLY, _mut_reference),
+    mingru: ({"log_space", "mode", "kernel_init"}, _min_reference("gru")),
+    minlstm: ({"log_space", "mode", "forget_bias", "kernel_init"}, _min_reference("lstm")),
+    indrnn: (
+        {"activation", "recurrent_init_min", "recurrent_init_max", "recurrent_max", "kernel_init"},
+        lambda kw: Reference(np_indrnn_step(kw.get("activation", "relu"), kw.get("recurrent_max")), 1, recurrent=(),
+                             shapes=lambda D, H: {"w_x": (D, H), "u": (H,), "b": (H,)}),
+    ),
+    janet: ({"beta", "chrono_t_max", "forget_bias"} | _INIT_ONLY, _janet_reference),
+    lru: ({"state_size", "r_min", "r_max", "max_phase", "activation", "mode"}, _lru_reference),
 }
 
 
@@ -219,6 +394,15 @@ HAND_CASES = [
     CellCase("lstm", lstm, {}),
     CellCase("gru", gru, {}),
     CellCase("gru_cho", gru, {"reset_after": False}),
+    # the modes and variants the configs do not name: step-by-step forms, the papers' plain versions
+    CellCase("mingru_sequential", mingru, {"mode": "sequential"}),
+    CellCase("mingru_plain", mingru, {"log_space": False}),
+    CellCase("minlstm_sequential", minlstm, {"mode": "sequential"}),
+    CellCase("minlstm_plain", minlstm, {"log_space": False}),
+    CellCase("lru_sequential", lru, {"mode": "sequential"}),
+    CellCase("lru_linear", lru, {"activation": "none"}),
+    CellCase("indrnn_bounded", indrnn, {"recurrent_max": 0.7}),
+    CellCase("janet_constant_bias", janet, {"chrono_t_max": None}),
 ]
 
 
@@ -227,8 +411,17 @@ def _resolve(target: str):
     return getattr(importlib.import_module(module), attr)
 
 
+TASK_CONTEXT = {"seq_len": 50}  # what a cell config's ${task.*} interpolations read here
+
+
 def load_cell_config(path: Path) -> dict:
-    """A cell YAML with its Hydra defaults list applied (same-group names and ``_self_``, self last if absent)."""
+    """A cell YAML with its Hydra defaults list applied (same-group names and ``_self_``, self last if
+    absent) and its interpolations resolved against ``TASK_CONTEXT``."""
+    merged = _merge_defaults(path)
+    return OmegaConf.to_container(OmegaConf.create({"task": TASK_CONTEXT, "cell": merged}), resolve=True)["cell"]
+
+
+def _merge_defaults(path: Path) -> dict:
     cfg = yaml.safe_load(path.read_text()) or {}
     defaults = cfg.pop("defaults", [])
     if "_self_" not in defaults:
@@ -238,7 +431,7 @@ def load_cell_config(path: Path) -> dict:
         if entry == "_self_":
             merged.update(cfg)
         elif isinstance(entry, str):
-            merged.update(load_cell_config(path.with_name(f"{entry}.yaml")))
+            merged.update(_merge_defaults(path.with_name(f"{entry}.yaml")))
         else:
             raise AssertionError(f"{path.name}: defaults entry {entry!r} not understood by this test")
     return merged
@@ -348,9 +541,7 @@ def test_step_matches_numpy_equations(case):
     cell = case.make(H)
     ref = case.reference()
     params = perturbed_params(cell, 0, D)
-    G = ref.n_gates * H
-    expected_shapes = {"w_x": (D, G), "w_h": (H, G), "b": (G,), **ref.extra_shapes(H)}
-    assert {k: v.shape for k, v in params.items()} == expected_shapes
+    assert {k: v.shape for k, v in params.items()} == ref.param_shapes(D, H)
     carry = random_carry(cell, 0, B)
     x = random_inputs(0, (B, D))
 
@@ -367,17 +558,23 @@ def test_step_is_recurrence_after_projection(case):
     params = perturbed_params(cell, 1, D)
     carry = random_carry(cell, 0, B)
     x = random_inputs(0, (B, D))
-    assert_tree_close(cell.step(params, carry, x), cell.recurrence(params, carry, cell.project_input(params, x)),
-                      atol=1e-6, rtol=1e-6)
+    new_carry, h = cell.step(params, carry, x)
+    gx = cell.project_input(params, x)
+    assert_tree_close((new_carry, h), cell.recurrence(params, carry, gx), atol=1e-6, rtol=1e-6)
+    if cell.emit is not None:  # the output read back from the new state
+        assert_tree_close(cell.emit(params, new_carry, gx), h, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_initial_carry_is_zeros(case):
     cell = case.make(H)
+    ref = case.reference()
     carry = cell.initial_carry((B,))
     leaves = jax.tree.leaves(carry)
-    assert [leaf.shape for leaf in leaves] == [(B, k * H) for k in case.reference().carry]
-    assert leaves[-1].shape == (B, H), "the carry's last leaf is the output h_t"
+    assert [leaf.shape for leaf in leaves] == [(B, k * H) for k in ref.carry]
+    assert (cell.emit is not None) == ref.emits
+    if not ref.emits:
+        assert leaves[-1].shape == (B, H), "the carry's last leaf is the output h_t"
     for leaf in leaves:
         assert leaf.dtype == jnp.float32
         assert not np.any(np.asarray(leaf))
@@ -438,7 +635,16 @@ def test_lstm_forget_bias(forget_bias):
     np.testing.assert_array_equal(np.delete(b, np.s_[H : 2 * H]), np.zeros(3 * H, np.float32))
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
+def _accepts(factory, name):
+    return name in inspect.signature(factory).parameters
+
+
+BIAS_CASES = [c for c in CASES if c.reference().check_bias]
+RECURRENT_CASES = [c for c in CASES if c.reference().recurrent]
+FACTORIES = list(dict.fromkeys(c.factory for c in CASES))
+
+
+@pytest.mark.parametrize("case", BIAS_CASES, ids=str)
 def test_init_biases_zero_except_forget(case):
     """Biases (and peepholes) start at zero, except the blocks the reference names (the LSTMs' forget
     bias; CIFG's input bias, -forget_bias so that f = 1 - i starts where the forget gate would)."""
@@ -446,10 +652,10 @@ def test_init_biases_zero_except_forget(case):
     cell = case.factory(H, **kwargs)
     ref = dataclasses.replace(case, kwargs=kwargs).reference()
     params = cell.init(jax.random.key(4), D)
-    assert params["b"].shape == (ref.n_gates * H,)
+    assert {k: v.shape for k, v in params.items()} == ref.param_shapes(D, H)
     for leaf in params.values():
         assert leaf.dtype == jnp.float32
-    expected_b = np.zeros((ref.n_gates, H), np.float32)
+    expected_b = np.zeros((params["b"].shape[0] // H, H), np.float32)
     for k, value in ref.bias_init.items():
         expected_b[k] = value
     np.testing.assert_array_equal(params["b"], expected_b.reshape(-1))
@@ -465,16 +671,15 @@ def _square_blocks(w, H):
     return [w[r : r + H, c : c + H] for r in range(0, rows, H) for c in range(0, cols, H)]
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("case", RECURRENT_CASES, ids=str)
 def test_default_recurrent_blocks_are_orthogonal_and_distinct(case):
     """Every [H, H] block of w_h (and of FGR's gate-to-gate w_g) is its own orthogonal draw."""
     kwargs = {k: v for k, v in case.kwargs.items() if k != "recurrent_init"}
     cell = case.factory(H, **kwargs)
     ref = case.reference()
     params = cell.init(jax.random.key(5), D)
-    assert params["w_h"].shape == (H, ref.n_gates * H)
     for name in ref.recurrent:
-        assert params[name].shape == {"w_h": (H, ref.n_gates * H), **ref.extra_shapes(H)}[name]
+        assert params[name].shape == ref.param_shapes(D, H)[name]
         blocks = _square_blocks(np.asarray(params[name], np.float64), H)
         for q in blocks:
             np.testing.assert_allclose(q.T @ q, np.eye(H), atol=1e-5)
@@ -483,34 +688,40 @@ def test_default_recurrent_blocks_are_orthogonal_and_distinct(case):
                 assert not np.allclose(blocks[i], blocks[j]), f"{name}: blocks should be independent draws"
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("case", RECURRENT_CASES, ids=str)
 def test_identity_recurrent_init(case):
     cell = case.make(H, recurrent_init="identity")
     ref = case.reference()
     params = cell.init(jax.random.key(6), D)
     for name in ref.recurrent:
-        shape = {"w_h": (H, ref.n_gates * H), **ref.extra_shapes(H)}[name]
+        shape = ref.param_shapes(D, H)[name]
         np.testing.assert_array_equal(params[name], np.tile(np.eye(H, dtype=np.float32),
                                                             (shape[0] // H, shape[1] // H)))
 
 
-@pytest.mark.parametrize("factory", [rnn, lstm, gru, greff_lstm])
-@pytest.mark.parametrize("which", ["kernel_init", "recurrent_init"])
+def test_recurrent_init_is_accepted_exactly_where_a_reference_names_recurrent_matrices():
+    for case in CASES:
+        assert _accepts(case.factory, "recurrent_init") == bool(case.reference().recurrent), case.name
+
+
+@pytest.mark.parametrize(("factory", "which"), [(f, w) for f in FACTORIES for w in ("kernel_init", "recurrent_init")
+                                               if _accepts(f, w)], ids=lambda v: getattr(v, "__name__", v))
 def test_unknown_initializer_raises(factory, which):
     with pytest.raises(ValueError, match="not_an_init"):
         factory(H, **{which: "not_an_init"})
 
 
-@pytest.mark.parametrize("factory", [rnn, lstm, gru, greff_lstm])
+@pytest.mark.parametrize("factory", FACTORIES, ids=lambda f: f.__name__)
 @pytest.mark.parametrize("bad", [0, -2])
 def test_bad_hidden_size_raises(factory, bad):
     with pytest.raises(ValueError, match=rf"hidden_size={bad}\b"):
         factory(bad)
 
 
-def test_unknown_activation_raises():
+@pytest.mark.parametrize("factory", [f for f in FACTORIES if _accepts(f, "activation")], ids=lambda f: f.__name__)
+def test_unknown_activation_raises(factory):
     with pytest.raises(ValueError, match="sigmoidish"):
-        rnn(H, activation="sigmoidish")
+        factory(H, activation="sigmoidish")
 
 
 # --- gradients against finite differences (float64) -----------------------------------------------

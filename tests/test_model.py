@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -23,14 +24,13 @@ def factory(case):
 
 
 def expected_param_count(case, bidirectional, num_layers, input_dim=D, hidden=H, out=O):
-    """Per direction and layer nG * H * (D_in + H + 1) plus the extra params: H for the GRU's b_hn, H per
-    peephole and 9 H^2 for FGR's w_g in the Greff LSTMs; readout F * O + O."""
+    """Sum over layers and directions of the reference's parameter shapes at that layer's input width
+    (nG * H * (D_in + H + 1) plus extras for the fused cells), plus the readout F * O + O."""
     ref = case.reference()
-    extra = sum(int(np.prod(shape)) for shape in ref.extra_shapes(hidden).values())
     dirs = 2 if bidirectional else 1
     total, width = 0, input_dim
     for _ in range(num_layers):
-        total += dirs * (ref.n_gates * hidden * (width + hidden + 1) + extra)
+        total += dirs * sum(math.prod(shape) for shape in ref.param_shapes(width, hidden).values())
         width = dirs * hidden
     return total + width * out + out
 

@@ -15,8 +15,12 @@ Every cell in rnnbench splits its step into an input projection and a recurrence
 so ``scan.py`` may compute ``project_input`` for all time steps as one large matmul before the scan
 ("hoisting"), or call ``step`` inside it; which is faster depends on the backend (see scan.py).
 Gate matmuls are fused: one ``[D, G]`` input matrix and one ``[H, G]`` recurrent matrix per cell.
-By convention the carry's last leaf is the output h_t (the LSTM's carry is ``(c, h)``): the gradient
-diagnostics perturb the carry and read dL/dh_t there.
+By convention the carry's last leaf is the state h_t the gradient diagnostics perturb and read
+dL/dh_t at (the LSTM's carry is ``(c, h)``). It is also the output, unless the cell has ``emit``: the
+LRU's output is a readout of its complex state, ``y_t = Re(C x_t) + D u_t``.
+
+Cells linear in their state (minGRU, minLSTM, LRU) may also have ``parallel``: the whole sequence at
+once with ``jax.lax.associative_scan``, equal to the step-by-step scan to float tolerance.
 """
 
 from __future__ import annotations
@@ -43,6 +47,11 @@ class Cell(NamedTuple):
       name: the cell's name in the literature.
       gates: ``(params, carry, gx_t) -> {gate name: activation [B, H]}`` for gated cells (the
         sigmoid gates, which the diagnostics watch for saturation), None for ungated cells.
+      emit: ``(params, new carry, gx_t) -> h_t``, the output given the state after the step; None when
+        the output is the carry's last leaf (every cell but the LRU).
+      parallel: ``(params, carry, gx [T, B, G], mask [T, B] | None, reverse) -> (carry, hs [T, B, H])``,
+        the scan over a whole (time-major, projected) sequence in O(log T) depth; None for cells that
+        are nonlinear in their state, or when the cell was built with ``mode="sequential"``.
     """
 
     init: Callable[[PRNGKey, int], Params]
@@ -53,6 +62,8 @@ class Cell(NamedTuple):
     recurrence: Callable[[Params, Carry, Array], tuple[Carry, Array]]
     name: str
     gates: Callable[[Params, Carry, Array], dict[str, Array]] | None = None
+    emit: Callable[[Params, Carry, Array], Array] | None = None
+    parallel: Callable[..., tuple[Carry, Array]] | None = None
 
 
 def make_cell(
@@ -64,6 +75,8 @@ def make_cell(
     project_input: Callable[[Params, Array], Array],
     recurrence: Callable[[Params, Carry, Array], tuple[Carry, Array]],
     gates: Callable[[Params, Carry, Array], dict[str, Array]] | None = None,
+    emit: Callable[[Params, Carry, Array], Array] | None = None,
+    parallel: Callable[..., tuple[Carry, Array]] | None = None,
 ) -> Cell:
     """Assemble a Cell whose ``step`` is ``recurrence`` after ``project_input`` (one definition)."""
     check_positive_int("hidden_size", hidden_size)
@@ -71,7 +84,7 @@ def make_cell(
     def step(params: Params, carry: Carry, x_t: Array) -> tuple[Carry, Array]:
         return recurrence(params, carry, project_input(params, x_t))
 
-    return Cell(init, initial_carry, step, hidden_size, project_input, recurrence, name, gates)
+    return Cell(init, initial_carry, step, hidden_size, project_input, recurrence, name, gates, emit, parallel)
 
 
 # --- initialisers ------------------------------------------------------------------------------
@@ -112,6 +125,15 @@ def gate_blocks(init: Callable, key: PRNGKey, fan_in: int, hidden_size: int, n_g
     """
     keys = jax.random.split(key, n_gates)
     return jnp.concatenate([init(k, (fan_in, hidden_size), jnp.float32) for k in keys], axis=-1)
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    """Raise a one-line ValueError unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of: {', '.join(choices)}")
+
+
+MODES = ("parallel", "sequential")
 
 
 def check_positive_int(name: str, value: object) -> None:
