@@ -6,10 +6,10 @@ BIN := $(VENV)/bin
 export JAX_PLATFORMS ?= cpu
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-full lint bench bench-diagnostics sweep report clean
+.PHONY: help install demo test test-full lint bench bench-diagnostics bench-parallel sweep report cells clean
 
 help: ## list the targets
-	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 $(BIN)/rnnbench: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ bench: install ## micro-benchmarks that decide defaults (hoisting the input proj
 
 bench-diagnostics: install ## cost of a gradient-diagnostics step relative to a train step
 	$(BIN)/python -m rnnbench.bench --diagnostics
+
+bench-parallel: install ## parallel (associative_scan) vs sequential form of minGRU, minLSTM and LRU
+	$(BIN)/python -m rnnbench.bench --parallel
+
+cells: install ## list the cells with parameter counts: make cells ARGS="--input-size 2 --budget 10000"
+	$(BIN)/rnnbench-cells $(ARGS)
 
 sweep: install ## a versioned sweep: make sweep SWEEP=demo [ARGS="task.seq_len=50"]
 	$(BIN)/rnnbench sweep=$(SWEEP) $(ARGS)

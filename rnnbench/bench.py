@@ -89,6 +89,23 @@ def diagnostics_overhead(shape, repeats: int, every: int) -> None:
               f"{100 * diag_med / (every * train_med):8.2f}%", flush=True)
 
 
+def parallel_vs_sequential(shape, repeats: int) -> None:
+    """The cells linear in their state: ``mode=parallel`` (associative_scan) against ``sequential``."""
+    import functools
+
+    from rnnbench.cells.lru import lru
+    from rnnbench.cells.minimal import mingru, minlstm
+
+    print(f"\n{'cell':8} {'mode':11} {'ms/step':>9} {'min-max':>15} {'compile s':>9} {'vs sequential':>13}")
+    for name, factory in (("mingru", mingru), ("minlstm", minlstm), ("lru", lru)):
+        base = None
+        for mode in ("sequential", "parallel"):
+            med, lo, hi, comp = measure(functools.partial(factory, mode=mode), shape, False, 1, repeats)
+            base = base or med
+            print(f"{name:8} {mode:11} {med * 1e3:9.2f} {f'{lo * 1e3:.2f}-{hi * 1e3:.2f}':>15} {comp:9.2f} "
+                  f"{base / med:12.2f}x", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rnnbench.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="S", help="T, S, L or W (B, T, H below)")
@@ -96,9 +113,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cells", default="rnn,lstm,gru")
     parser.add_argument("--diagnostics", action="store_true", help="time the gradient diagnostics instead")
     parser.add_argument("--every", type=int, default=500, help="diagnostics.every for the slowdown column")
+    parser.add_argument("--parallel", action="store_true",
+                        help="time the parallel (associative_scan) form of minGRU, minLSTM and LRU instead")
     args = parser.parse_args(argv)
     if args.diagnostics:
         return diagnostics_overhead(SHAPES[args.shape], args.repeats, args.every)
+    if args.parallel:
+        return parallel_vs_sequential(SHAPES[args.shape], args.repeats)
 
     import jax
 

@@ -22,7 +22,6 @@ import numpy as np
 import pytest
 import yaml
 from jax.test_util import check_grads
-
 from omegaconf import OmegaConf
 
 from rnnbench.cells.gru import gru
@@ -165,7 +164,7 @@ def np_mut_step(variant):
     def step(p, h, x):
         H = h.shape[-1]
         b = {n: _block(p["b"], k, H) for k, n in enumerate("zrh")}
-        whh = lambda k: _block(p["w_h"], k, H)  # noqa: E731
+        whh = lambda k: _block(p["w_h"], k, H)
         has_embedding = p["w_x"].shape[-1] == 3 * H
         if variant == 1:  # input blocks z, r, E
             wxz, wxr = _block(p["w_x"], 0, H), _block(p["w_x"], 1, H)
@@ -395,11 +394,12 @@ HAND_CASES = [
     CellCase("gru", gru, {}),
     CellCase("gru_cho", gru, {"reset_after": False}),
     # the modes and variants the configs do not name: step-by-step forms, the papers' plain versions
-    CellCase("mingru_sequential", mingru, {"mode": "sequential"}),
-    CellCase("mingru_plain", mingru, {"log_space": False}),
-    CellCase("minlstm_sequential", minlstm, {"mode": "sequential"}),
-    CellCase("minlstm_plain", minlstm, {"log_space": False}),
-    CellCase("lru_sequential", lru, {"mode": "sequential"}),
+    # (the configs' mode=auto is the sequential form on CPU; these run the parallel scan)
+    CellCase("mingru_parallel", mingru, {"mode": "parallel"}),
+    CellCase("mingru_plain_parallel", mingru, {"log_space": False, "mode": "parallel"}),
+    CellCase("minlstm_parallel", minlstm, {"mode": "parallel"}),
+    CellCase("minlstm_plain_parallel", minlstm, {"log_space": False, "mode": "parallel"}),
+    CellCase("lru_parallel", lru, {"mode": "parallel"}),
     CellCase("lru_linear", lru, {"activation": "none"}),
     CellCase("indrnn_bounded", indrnn, {"recurrent_max": 0.7}),
     CellCase("janet_constant_bias", janet, {"chrono_t_max": None}),

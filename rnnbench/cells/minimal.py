@@ -17,8 +17,10 @@ minLSTM:  [k_f, k_i, k_h] = x_t W_x + b                W_x [D, 3H], b [3H]
 
 In log space, log(1 - z) = -softplus(k_z), log z = -softplus(-k_z); for minLSTM, with
 d = softplus(-k_f) - softplus(-k_i), log f' = -softplus(d) and log i' = -softplus(-d) (the paper's
-Listing 4). ``mode="parallel"`` (default) gives the cell its ``parallel`` form; ``"sequential"`` runs
-the same equations step by step. The two agree to float tolerance for any initial state (tested).
+Listing 4). ``mode="parallel"`` gives the cell its ``parallel`` form; ``"sequential"`` runs the same
+equations step by step; ``"auto"`` (default) is sequential on CPU, where the parallel scan measured
+2-10x slower (``make bench-parallel``), and parallel on GPU/TPU. The two agree to float tolerance for
+any initial state (tested).
 Initialisation: Glorot-uniform W_x, zero b (the paper's code uses PyTorch's ``nn.Linear`` default);
 minLSTM's forget block of b starts at ``forget_bias`` (0 by default, as in the paper).
 """
@@ -28,7 +30,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rnnbench.cells.base import MODES, Cell, affine, check_choice, gate_blocks, initializer, make_cell
+from rnnbench.cells.base import Cell, affine, gate_blocks, initializer, make_cell, use_parallel
 from rnnbench.cells.linear_scan import linear_recurrence, log_linear_recurrence
 
 
@@ -44,7 +46,6 @@ def log_g(v):
 
 def _common(hidden_size, n_blocks, kernel_init, mode, first_bias=0.0):
     """init, initial_carry, project_input shared by both; block 0 of the bias starts at ``first_bias``."""
-    check_choice("mode", mode, MODES)
     k_init = initializer(kernel_init)
     H = hidden_size
 
@@ -64,7 +65,7 @@ def _common(hidden_size, n_blocks, kernel_init, mode, first_bias=0.0):
 def mingru(
     hidden_size: int,
     log_space: bool = True,
-    mode: str = "parallel",
+    mode: str = "auto",
     kernel_init: str = "glorot_uniform",
 ) -> Cell:
     """minGRU. Params: ``w_x [D, 2H]``, ``b [2H]`` (blocks z, h~); carry ``h [B, H]``."""
@@ -91,13 +92,13 @@ def mingru(
 
     return make_cell(name="mingru", hidden_size=H, init=init, initial_carry=initial_carry,
                      project_input=project_input, recurrence=recurrence, gates=gates,
-                     parallel=parallel if mode == "parallel" else None)
+                     parallel=parallel if use_parallel(mode) else None)
 
 
 def minlstm(
     hidden_size: int,
     log_space: bool = True,
-    mode: str = "parallel",
+    mode: str = "auto",
     forget_bias: float = 0.0,
     kernel_init: str = "glorot_uniform",
 ) -> Cell:
@@ -129,4 +130,4 @@ def minlstm(
 
     return make_cell(name="minlstm", hidden_size=H, init=init, initial_carry=initial_carry,
                      project_input=project_input, recurrence=recurrence, gates=gates,
-                     parallel=parallel if mode == "parallel" else None)
+                     parallel=parallel if use_parallel(mode) else None)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from rnnbench.cells.base import Cell, affine, gate_blocks, initializer, make_cell
+from rnnbench.cells.base import Cell, gate_blocks, initializer, make_cell
 
 VARIANTS = (1, 2, 3)
 
@@ -71,7 +71,7 @@ def mut(
         return xw + params["b"].reshape((1,) * (xw.ndim - 1) + (3 * H,))
 
     def activations(params, h, gx):
-        gx_z, gx_r, gx_h = jnp.split(gx, 3, axis=-1)
+        gx_z, gx_r, _ = jnp.split(gx, 3, axis=-1)
         w_h = params["w_h"]
         if variant == 1:
             z = jax.nn.sigmoid(gx_z)
