@@ -12,6 +12,7 @@ Every check raises ``ConfigError`` with one line: the bad key and value, and wha
 import functools
 import importlib
 import inspect
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -166,7 +167,11 @@ def _call(fn: Callable, group: str, **kwargs) -> Any:
         return fn(**kwargs)
     except ValueError as e:  # factories raise one-line ValueErrors naming the key and value
         msg = str(e)
-        raise ConfigError(msg if msg.startswith(f"{group}.") or "=" in msg else f"{group}: {msg}") from None
+        if re.match(r"[A-Za-z_]\w*=", msg):  # "mode='fast' is not allowed" names a key of this group
+            msg = f"{group}.{msg}"
+        elif not msg.startswith(f"{group}.") and "=" not in msg:
+            msg = f"{group}: {msg}"
+        raise ConfigError(msg) from None
 
 
 def build_cell(node: DictConfig) -> tuple[Callable, bool]:

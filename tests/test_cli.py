@@ -106,6 +106,10 @@ def test_multirun_gives_each_job_its_own_wandb_run(tmp_path):
         (["cell.forget_bias=abc"], "abc"),
         (["diagnostics.every=-1"], "diagnostics.every=-1"),
         (["diagnostics.horizon_threshold=2"], "diagnostics.horizon_threshold=2"),
+        (["cell=lru", "cell.mode=fast"], "cell.mode='fast' is not allowed; choose one of: auto, parallel, sequential"),
+        (["cell=mut1", "cell.variant=4"], "cell.variant=4"),
+        (["cell=janet", "cell.chrono_t_max=2"], "cell.chrono_t_max=2"),
+        (["model.param_budget=0"], "model.param_budget=0"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, args, needle):
