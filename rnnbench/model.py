@@ -100,9 +100,11 @@ def hidden_size_for_budget(cell_factory: Callable[[int], Cell], budget: int, *, 
                            max_hidden: int = 1 << 16) -> tuple[int, int]:
     """The hidden size whose model has the parameter count nearest ``budget``: ``(H, count)``.
 
-    The count grows with H (quadratically for matrix recurrences, linearly for diagonal ones) except
-    for small steps where a cell drops a block (MUT1/MUT2 at H == D), so: bisect for the first H whose
-    count reaches the budget, then take the nearest of its neighbours (ties go to the smaller H).
+    The count grows with H (quadratically for matrix recurrences, linearly for diagonal ones) on each
+    side of H = D, the input width, where a cell may drop a block (MUT1 and MUT2 use x_t itself instead
+    of an embedding when D == H, so their count dips there). So each side is searched on its own
+    (bisection for the first H whose count reaches the budget) and the nearest of the sizes around
+    the two crossings wins (ties go to the smaller H).
     """
     check_positive_int("model.param_budget", budget)
 
@@ -111,14 +113,24 @@ def hidden_size_for_budget(cell_factory: Callable[[int], Cell], budget: int, *, 
         return model_param_count(cell_factory, h, input_dim=input_dim, output_dim=output_dim, readout=readout,
                                  num_layers=num_layers, bidirectional=bidirectional)
 
-    lo, hi = 1, 1
-    while count(hi) < budget:
-        if hi >= max_hidden:
-            raise ValueError(f"model.param_budget={budget} needs a hidden size above {max_hidden}")
-        lo, hi = hi, min(2 * hi, max_hidden)
-    while lo < hi:  # first h in [lo, hi] with count(h) >= budget
-        mid = (lo + hi) // 2
-        lo, hi = (mid + 1, hi) if count(mid) < budget else (lo, mid)
-    candidates = range(max(1, lo - 2), min(lo + 2, max_hidden) + 1)
+    def first_reaching(lo: int, hi: int) -> int:
+        """The first h in [lo, hi] with count(h) >= budget (count non-decreasing there), or hi."""
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (mid + 1, hi) if count(mid) < budget else (lo, mid)
+        return lo
+
+    segments = [(1, min(input_dim, max_hidden) - 1), (min(input_dim, max_hidden), max_hidden)]
+    candidates: set[int] = set()
+    for lo, hi in segments:
+        if lo > hi:
+            continue
+        top = lo
+        while count(top) < budget and top < hi:  # grow the bracket: budgets are usually far below max_hidden
+            top = min(2 * top, hi)
+        crossing = first_reaching(max(lo, top // 2), top)
+        candidates.update(h for h in range(crossing - 2, crossing + 3) if lo <= h <= hi)
     best = min(candidates, key=lambda h: (abs(count(h) - budget), h))
+    if count(best) < budget and best == max_hidden:
+        raise ValueError(f"model.param_budget={budget} needs a hidden size above {max_hidden}")
     return best, count(best)
