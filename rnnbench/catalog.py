@@ -7,6 +7,7 @@ compiled), so the listing is exact for the given input, hidden and output sizes.
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,8 @@ def catalog(config_dir: str, *, input_dim: int, hidden_size: int, output_dim: in
                 "description": _description(Path(config_dir) / "cell" / f"{name}.yaml"),
                 "bidirectional": bidirectional,
                 "gates": gate_names,
-                "parallel": cell.parallel is not None,
+                "parallel": cell.parallel is not None,  # used by this cell on this backend
+                "has_parallel_form": "mode" in inspect.signature(factory).parameters,
                 "layer_params": count_params(shapes["layers"]),
                 "model_params": count_params(shapes),
             }
@@ -82,7 +84,7 @@ def format_catalog(rows: list[dict[str, Any]], *, input_dim: int, hidden_size: i
     body = []
     for r in rows:
         line = [r["cell"], r["description"], f"{r['model_params']:,}", ",".join(r["gates"]) or "-",
-                "yes" if r["parallel"] else "-"]
+                "on" if r["parallel"] else ("off here" if r["has_parallel_form"] else "-")]
         if budget is not None:
             line += [str(r["budget_hidden_size"]), f"{r['budget_params']:,}"]
         body.append(line)
@@ -94,5 +96,6 @@ def format_catalog(rows: list[dict[str, Any]], *, input_dim: int, hidden_size: i
                                                                                                strict=True)))
 
     title = (f"{len(rows)} cells; params = one layer plus a linear readout, at input size {input_dim}, "
-             f"hidden size {hidden_size}, output size {output_dim}")
+             f"hidden size {hidden_size}, output size {output_dim}\n"
+             "parallel: the associative-scan form ('off here': cell.mode=auto chose the sequential form, as on CPU)")
     return "\n".join([title, "", fmt(head), fmt(["-" * w for w in widths]), *map(fmt, body)])
