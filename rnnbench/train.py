@@ -121,6 +121,7 @@ def make_trainer(
         raise ValueError(f"train.seed_parallel={seed_parallel!r} is not allowed; choose one of: {allowed}")
     how = seed_parallel if seed_parallel != "auto" else ("map" if jax.default_backend() == "cpu" else "vmap")
     train_step = make_train_step(model, task, optimizer, dropout, clip_norm)
+    sample_eval = task.sample_eval or task.sample  # held-out data: a data set's test split
 
     def init_one(keys: SeedKeys) -> TrainState:
         params = model.init(keys.init, task.input_dim)
@@ -135,13 +136,13 @@ def make_trainer(
 
     def evaluate_one(params: Params, keys: SeedKeys):
         # The same key every time: a fixed held-out set per seed, regenerated rather than stored.
-        batch = task.sample(keys.eval, eval_size)
+        batch = sample_eval(keys.eval, eval_size)
         pred = model.apply(params, batch.x, batch.mask)
         return task.loss(pred, batch), task.metric(pred, batch)
 
     def diagnose_one(params: Params, keys: SeedKeys):
         # A fixed batch (the evaluation stream), so curves from different steps are comparable.
-        batch = task.sample(jax.random.fold_in(keys.eval, 1), diagnostics_batch)
+        batch = sample_eval(jax.random.fold_in(keys.eval, 1), diagnostics_batch)
         return diagnose(model, task.loss, params, batch, jax.random.fold_in(keys.eval, 2), diagnostics_options)
 
     def chunk(state, keys, n):
