@@ -73,6 +73,11 @@ class DiagnosticsConfig:
 
 
 @dataclass
+class EvalConfig:
+    seq_lens: list[int] = field(default_factory=list)  # also evaluate the trained model at these lengths
+
+
+@dataclass
 class LoggerConfig:
     mode: WandbMode = WandbMode.offline
     project: str = "rnnbench"
@@ -92,6 +97,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
 
 
@@ -184,9 +190,34 @@ def build_cell(node: DictConfig) -> tuple[Callable, bool]:
     return functools.partial(fn, **kwargs), bidirectional
 
 
-def build_task(node: DictConfig):
+def build_task(node: DictConfig, **overrides: Any):
+    """The task; ``overrides`` replace config values (e.g. ``seq_len`` for length generalisation)."""
     fn, kwargs = plugin_kwargs(node, "task")
+    kwargs.update(overrides)
     return _call(fn, "task", **kwargs)
+
+
+def build_eval_tasks(node: DictConfig, task: Any, seq_lens: list[int]) -> dict[int, Any]:
+    """The task rebuilt at each of ``eval.seq_lens`` (fixed lengths), for length generalisation."""
+    if not seq_lens:
+        return {}
+    shown = f"eval.seq_lens={list(seq_lens)}"
+    if any(not isinstance(n, int) or isinstance(n, bool) or n < 1 for n in seq_lens):
+        raise ConfigError(f"{shown} must be positive integers")
+    if not task.generalises:
+        raise ConfigError(f"{shown} is not possible for task {task.name!r}: its sequences have one fixed length")
+    params = inspect.signature(plugin_kwargs(node, "task")[0]).parameters
+    fixed = {"length_range": None} if "length_range" in params else {}
+    out = {}
+    for n in seq_lens:
+        try:
+            other = build_task(node, seq_len=n, **fixed)
+        except ConfigError as e:
+            raise ConfigError(f"{shown}: {e}") from None
+        if (other.input_dim, other.output_dim) != (task.input_dim, task.output_dim):
+            raise ConfigError(f"{shown}: task {task.name!r} at seq_len={n} has other input/output widths")
+        out[n] = other
+    return out
 
 
 def build_optimizer(node: DictConfig, total_steps: int):

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from rnnbench.config import (
     ConfigError,
     build_cell,
+    build_eval_tasks,
     build_optimizer,
     build_task,
     plugin_setting,
@@ -89,6 +90,7 @@ def run_job(cfg: DictConfig, run_dir: Path, *, names: dict[str, str], group: str
     try:
         validate(cfg)
         task = build_task(cfg.task)
+        eval_tasks = build_eval_tasks(cfg.task, task, list(cfg.eval.seq_lens))
         cell_factory, bidirectional = build_cell(cfg.cell)
         optimizer = build_optimizer(cfg.optim, total_steps=cfg.train.steps)
         check_wandb_credentials(cfg.logger.mode.value)
@@ -115,7 +117,8 @@ def run_job(cfg: DictConfig, run_dir: Path, *, names: dict[str, str], group: str
     name = cfg.logger.name or f"{names['cell']}-{names['task']}-T{task.seq_len}-s{cfg.seed}"
     summary: dict[str, Any] = {
         "status": "running", "cell": names["cell"], "task": names["task"], "optim": names.get("optim"),
-        "seq_len": task.seq_len, "num_params": None, "baseline_loss": task.baseline_loss,
+        "seq_len": task.seq_len, "length_range": list(task.length_range) if task.length_range else None,
+        "eval_seq_lens": sorted(eval_tasks), "num_params": None, "baseline_loss": task.baseline_loss,
         "solved_threshold": task.solved_threshold, "metric_name": task.metric_name,
         "hidden_size": cfg.model.hidden_size, "param_budget": cfg.model.param_budget,
         "num_layers": cfg.model.num_layers, "bidirectional": bidirectional,
@@ -155,7 +158,7 @@ def run_job(cfg: DictConfig, run_dir: Path, *, names: dict[str, str], group: str
                          dropout=cfg.model.dropout > 0, seed_parallel=cfg.train.seed_parallel.value,
                          clip_norm=float(plugin_setting(cfg.optim, "optim", "clip_norm", 0.0)),
                          diagnostics_every=d.every, diagnostics_batch=d.batch_size,
-                         diagnostics_options=diagnostics_options,
+                         diagnostics_options=diagnostics_options, eval_tasks=eval_tasks,
                          on_eval=logger.log_eval, on_diagnostics=logger.log_diagnostics, progress=progress)
         except BaseException as e:
             bar.close()

@@ -133,6 +133,10 @@ class RunLogger:
                         continue
                     if isinstance(value, list):  # per-layer values: one scalar each (the readout last)
                         data.update({f"seed{rec['seed']}/{key}/{i}": v for i, v in enumerate(value) if v is not None})
+                    elif isinstance(value, dict):  # length_eval: {seq_len: {eval_loss, eval_metric, solved}}
+                        data.update({f"seed{rec['seed']}/{key}/T{length}/{name}": v
+                                     for length, values in value.items() for name, v in values.items()
+                                     if v is not None})
                     else:
                         data[f"seed{rec['seed']}/{key}"] = value
             for key in ("train_loss", "eval_loss", "eval_metric", "grad_norm"):

@@ -15,6 +15,7 @@ default on CPU, where ``jax.vmap``'s batched dots measured slower than running s
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable
@@ -165,6 +166,8 @@ class SeedResult(NamedTuple):
     diverged_at_step: int | None
     grad_horizon: int | None = None  # from the last diagnostic step
     grad_decay_rate: float | None = None
+    eval_data_sha256: str | None = None  # fingerprint of the seed's evaluation batch
+    length_eval: dict[str, dict[str, Any]] | None = None  # eval at other lengths: {str(T): {loss, metric, solved}}
 
 
 class FitResult(NamedTuple):
@@ -205,6 +208,32 @@ def _seed_diagnostics(diag: dict[str, Any], k: int) -> dict[str, Any]:
     }
 
 
+def _eval_fingerprints(task: Task, keys: SeedKeys, eval_size: int) -> list[str]:
+    """sha256 of each seed's evaluation batch (x, y and mask bytes, with their shapes and dtypes)."""
+    sample_eval = task.sample_eval or task.sample
+    batches = jax.device_get(jax.jit(jax.vmap(lambda k: sample_eval(k.eval, eval_size)))(keys))
+    out = []
+    for k in range(len(keys.eval)):
+        h = hashlib.sha256()
+        for leaf in jax.tree.leaves(batches):
+            a = np.ascontiguousarray(leaf[k])
+            h.update(f"{a.dtype}{a.shape}".encode())
+            h.update(a.tobytes())
+        out.append(h.hexdigest())
+    return out
+
+
+def _evaluate_lengths(programs: dict[int, Any], tasks: dict[int, Task], params, keys) -> list[dict[str, dict]]:
+    """Per seed: {str(seq_len): {"eval_loss", "eval_metric", "solved"}} at each extra length."""
+    by_seed: list[dict[str, dict[str, Any]]] = [{} for _ in range(len(keys.eval))]
+    for length, program in programs.items():
+        loss, metric = (np.asarray(a) for a in jax.device_get(program(params, keys)))
+        for k in range(len(by_seed)):
+            by_seed[k][str(length)] = {"eval_loss": _finite_or_none(loss[k]), "eval_metric": _finite_or_none(metric[k]),
+                                       "solved": bool(loss[k] < tasks[length].solved_threshold)}
+    return by_seed
+
+
 def fit(
     model: Model,
     task: Task,
@@ -222,6 +251,7 @@ def fit(
     diagnostics_every: int = 0,
     diagnostics_batch: int = 64,
     diagnostics_options: DiagnosticsOptions = DEFAULT_OPTIONS,
+    eval_tasks: dict[int, Task] | None = None,
     on_eval: Callable[[int, list[dict[str, Any]]], None] | None = None,
     on_diagnostics: Callable[[int, list[dict[str, Any]]], None] | None = None,
     progress: Callable[[int, dict[str, float]], None] | None = None,
@@ -236,6 +266,12 @@ def fit(
     (see ``diagnostics.diagnose``) at step 0, at the first evaluation on or after each multiple of
     ``diagnostics_every``, and at the end. ``progress(steps_done, postfix)`` is called after each
     chunk. Training stops early once every seed has a non-finite loss.
+
+    ``eval_tasks`` ({seq_len: task}, the same task built at other lengths) are evaluated once, after
+    training, on each seed's held-out set at that length (length generalisation); the final record
+    and each SeedResult carry them as ``length_eval``. Each seed's result also carries
+    ``eval_data_sha256``, a fingerprint of its evaluation batch, so two runs can show they saw the
+    same data.
     """
     t_start = time.perf_counter()
     trainer = make_trainer(model, task, optimizer, batch_size=batch_size, eval_size=eval_size, dropout=dropout,
@@ -256,13 +292,20 @@ def fit(
     }
     evaluate = jax.jit(trainer.evaluate).lower(state.params, keys).compile()
     diagnose_all = jax.jit(trainer.diagnose).lower(state.params, keys).compile() if diagnostics_every else None
+    length_evals = {
+        length: jax.jit(make_trainer(model, other, optimizer, batch_size=batch_size, eval_size=eval_size,
+                                     seed_parallel=seed_parallel).evaluate).lower(state.params, keys).compile()
+        for length, other in sorted((eval_tasks or {}).items())
+    }
     compile_seconds = time.perf_counter() - t0
+    fingerprints = _eval_fingerprints(task, keys, eval_size)
 
     threshold = task.solved_threshold
     solved_at: list[int | None] = [None] * num_seeds
     diverged_at: list[int | None] = [None] * num_seeds
     last_eval = (np.full(num_seeds, np.nan), np.full(num_seeds, np.nan))
     last_diag: list[dict[str, Any]] = [{} for _ in seeds]
+    length_results: list[dict[str, dict[str, Any]] | None] = [None] * num_seeds
     train_seconds = diagnostics_seconds = 0.0
 
     last_diag_step = -1
@@ -292,6 +335,10 @@ def fit(
                     update_param_ratio=_finite_or_none(updates / params_norm) if params_norm > 0 else None,
                 )
             records.append(rec)
+        if final and length_evals:
+            for k, by_length in enumerate(_evaluate_lengths(length_evals, eval_tasks, state.params, keys)):
+                length_results[k] = by_length
+                records[k]["length_eval"] = by_length
         if on_eval is not None:
             on_eval(step, records)
         due = last_diag_step < 0 or step // diagnostics_every > last_diag_step // diagnostics_every
@@ -330,7 +377,8 @@ def fit(
         SeedResult(seed=s, eval_loss=float(loss[k]), eval_metric=float(metric[k]),
                    solved=bool(loss[k] < threshold), solved_at_step=solved_at[k],
                    diverged_at_step=diverged_at[k], grad_horizon=last_diag[k].get("grad_horizon"),
-                   grad_decay_rate=last_diag[k].get("grad_decay_rate"))
+                   grad_decay_rate=last_diag[k].get("grad_decay_rate"), eval_data_sha256=fingerprints[k],
+                   length_eval=length_results[k])
         for k, s in enumerate(seeds)
     ]
     return FitResult(seeds=results, steps=done, num_params=num_params, compile_seconds=compile_seconds,

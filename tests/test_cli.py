@@ -110,6 +110,8 @@ def test_multirun_gives_each_job_its_own_wandb_run(tmp_path):
         (["cell=mut1", "cell.variant=4"], "cell.variant=4"),
         (["cell=janet", "cell.chrono_t_max=2"], "cell.chrono_t_max=2"),
         (["model.param_budget=0"], "model.param_budget=0"),
+        (["task.length_range=[5,2]"], "task.length_range=[5, 2]"),
+        (["eval.seq_lens=[0]"], "eval.seq_lens=[0]"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, args, needle):

@@ -213,3 +213,111 @@ def test_copy_perfect_and_partly_wrong_predictors():
 def test_copy_bad_arguments(kwargs, bad):
     with pytest.raises(ValueError, match=bad):
         _copy_task(**kwargs)
+
+
+# --- variable lengths (task.length_range) and the original adding encoding -------------------------
+
+
+def _lengths(batch):
+    return np.asarray(batch.mask).sum(axis=1)
+
+
+def test_check_length_range_rejects_bad_ranges():
+    from rnnbench.tasks.base import check_length_range
+
+    assert check_length_range(None, 2) is None
+    assert check_length_range([3, 7], 2) == (3, 7)
+    for bad in ([1, 5], [6, 5], [3], [3, 4, 5], [3.0, 5], "3-5", [True, 4]):
+        with pytest.raises(ValueError, match=r"task\.length_range="):
+            check_length_range(bad, 2)
+
+
+def test_adding_with_length_range_places_markers_in_each_sequences_own_halves():
+    lo, hi, rows = 4, 12, 4000
+    task = adding(seq_len=99, length_range=[lo, hi])
+    assert task.seq_len == hi and task.length_range == (lo, hi)
+    batch = task.sample(jax.random.key(5), rows)
+    x, y, mask = (np.asarray(a) for a in batch)
+    lengths = _lengths(batch)
+    assert x.shape == (rows, hi, 2) and mask.shape == (rows, hi)
+    assert set(lengths.tolist()) == set(range(lo, hi + 1))  # every length occurs (4000 draws over 9 values)
+    for b in range(200):  # the slow reference: a Python loop per sequence
+        L = int(lengths[b])
+        assert mask[b, :L].all() and not mask[b, L:].any()
+        marked = [t for t in range(hi) if x[b, t, 1] == 1.0]
+        assert len(marked) == 2 and 0 <= marked[0] < L // 2 <= marked[1] < L, (b, L, marked)
+        assert not x[b, L:].any()  # padding is zeros
+        assert y[b, 0] == pytest.approx(x[b, marked[0], 0] + x[b, marked[1], 0], abs=1e-6)
+    assert task.loss(jnp.ones((rows, 1)), batch) == pytest.approx(1 / 6, abs=0.01)  # 4000 rows: sd ~0.003
+
+
+def test_adding_hochreiter1997_encoding():
+    T, rows = 30, 20_000
+    task = adding(seq_len=T, encoding="hochreiter1997")
+    assert task.length_range == (T, T + T // 10) and task.seq_len == T + T // 10
+    batch = task.sample(jax.random.key(6), rows)
+    x, y, _ = (np.asarray(a) for a in batch)
+    lengths = _lengths(batch)
+    assert lengths.min() == T and lengths.max() == T + T // 10
+    for b in range(300):
+        L = int(lengths[b])
+        values, markers = x[b, :, 0], x[b, :, 1]
+        assert np.all(np.abs(values[:L]) <= 1.0) and not x[b, L:].any()
+        ones = [t for t in range(L) if markers[t] == 1.0]
+        # X1 among the first 10 pairs, X2 among the first L/2 - 1 others (so either may come first)
+        assert len(ones) == 2 and ones[0] < 10 and ones[1] < L // 2, ones
+        assert markers[L - 1] == -1.0
+        assert markers[0] == (1.0 if ones[0] == 0 else -1.0)
+        assert set(np.unique(markers[:L])) <= {-1.0, 0.0, 1.0}
+        assert np.sum(markers[:L] == -1.0) == (1 if ones[0] == 0 else 2)
+        # X1 := 0 when it is the first pair: the input shows the 0 it carries, so the target is the
+        # scaled sum of the marked inputs in every case
+        assert y[b, 0] == pytest.approx(0.5 + (values[ones[0]] + values[ones[1]]) / 4.0, abs=1e-6)
+    # predicting 0.5 scores the baseline (0.9/3 + 1/3)/16: the estimate's sd is ~0.04 * sqrt(2/20000) ~ 4e-4
+    assert float(task.loss(jnp.full((rows, 1), 0.5), batch)) == pytest.approx(task.baseline_loss, abs=2e-3)
+    assert task.baseline_loss == pytest.approx((0.9 / 3 + 1 / 3) / 16)
+
+
+def test_adding_hochreiter1997_rejects_too_short_sequences():
+    with pytest.raises(ValueError, match=r"task\.seq_len=21"):
+        adding(seq_len=21, encoding="hochreiter1997")
+    with pytest.raises(ValueError, match=r"task\.encoding='arjovsky'"):
+        adding(encoding="arjovsky")
+
+
+def _np_log_softmax(z):
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def test_copy_with_length_range_equals_each_sequence_alone():
+    """Per sequence, the padded batch's layout equals the fixed-length task at that delay, and the
+    batch loss and accuracy are the token-weighted means of the sequences' own (padding ignored)."""
+    lo, hi, rows = 2, 6, 24
+    task = copy_memory(seq_len=50, num_symbols=S, copy_len=N, length_range=[lo, hi])
+    assert task.seq_len == hi and task.readout == "all"
+    batch = task.sample(jax.random.key(7), rows)
+    x, y, mask = (np.asarray(a) for a in batch)
+    delays = _lengths(batch) - 2 * N
+    assert delays.min() >= lo and delays.max() <= hi
+    rng = np.random.default_rng(0)
+    pred = rng.standard_normal((rows, hi + 2 * N, S + 1)).astype(np.float32)
+    pred[~mask] = 1e3 * rng.standard_normal(((~mask).sum(), S + 1))  # garbage on padding
+    nll_sum = n_tok = correct = n_recall = 0.0
+    for b in range(rows):
+        d = int(delays[b])
+        n = d + 2 * N
+        tokens = x[b, :n].argmax(-1)
+        # the fixed-length encoding (Arjovsky et al.) at this delay, written out
+        assert (tokens[:N] >= 1).all() and (tokens[:N] <= S).all()
+        assert (tokens[N : N + d - 1] == 0).all() and tokens[N + d - 1] == S + 1 and (tokens[N + d :] == 0).all()
+        assert (y[b, : d + N] == 0).all() and (y[b, d + N : n] == tokens[:N]).all()
+        assert not x[b, n:].any()
+        logp = _np_log_softmax(pred[b, :n].astype(np.float64))
+        nll_sum -= logp[np.arange(n), y[b, :n]].sum()
+        n_tok += n
+        correct += (pred[b, d + N : n].argmax(-1) == y[b, d + N : n]).sum()
+        n_recall += N
+    assert float(task.loss(jnp.asarray(pred), batch)) == pytest.approx(nll_sum / n_tok, rel=1e-5)
+    assert float(task.metric(jnp.asarray(pred), batch)) == pytest.approx(correct / n_recall, abs=1e-6)
+    assert task.baseline_loss == pytest.approx(N * math.log(S) / ((lo + hi) / 2 + 2 * N))

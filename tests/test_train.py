@@ -160,3 +160,39 @@ def test_lstm_solves_adding_where_the_tanh_rnn_does_not():
     rnn_result, _ = _fit(task, _setup(task, cell=rnn, hidden=64), adam(1500, lr=1e-2), **kw)
     assert all(s.solved for s in lstm_result.seeds)
     assert all(s.eval_loss > 0.5 * task.baseline_loss for s in rnn_result.seeds)
+
+
+def test_eval_data_fingerprint_is_the_hash_of_each_seeds_evaluation_batch():
+    import hashlib
+
+    task = adding(5)
+    model = _setup(task)
+    result = _fit(task, model, adam(4), steps=4, eval_every=4, num_seeds=2, seed=7)[0]
+    again = _fit(task, model, adam(4), steps=4, eval_every=4, num_seeds=1, seed=8)[0]
+    for r in result.seeds:
+        batch = task.sample(seed_keys(r.seed).eval, 64)  # eval_size 64 in _fit
+        h = hashlib.sha256()
+        for leaf in (batch.x, batch.y):  # mask is None for adding
+            a = np.asarray(leaf)
+            h.update(f"{a.dtype}{a.shape}".encode())
+            h.update(a.tobytes())
+        assert r.eval_data_sha256 == h.hexdigest()
+    assert result.seeds[0].eval_data_sha256 != result.seeds[1].eval_data_sha256
+    assert again.seeds[0].eval_data_sha256 == result.seeds[1].eval_data_sha256  # seed 8 alone or with 7
+
+
+def test_length_generalisation_evaluates_the_trained_model_at_other_lengths():
+    """The training length itself, passed as an extra length, reproduces the final evaluation exactly."""
+    task = adding(6)
+    model = _setup(task)
+    result, records = _fit(task, model, adam(10, lr=1e-2), steps=10, eval_every=10, num_seeds=2,
+                           eval_tasks={6: adding(6), 12: adding(12)})
+    finals = [r for r in records if r["step"] == 10]
+    for rec, seed_result in zip(finals, result.seeds, strict=True):
+        assert rec["length_eval"] == seed_result.length_eval
+        assert rec["length_eval"]["6"]["eval_loss"] == rec["eval_loss"]
+        assert rec["length_eval"]["6"]["eval_metric"] == rec["eval_metric"]
+        assert rec["length_eval"]["12"]["eval_loss"] != rec["eval_loss"]
+        at_12 = rec["length_eval"]["12"]
+        assert at_12["solved"] == (at_12["eval_loss"] < adding(12).solved_threshold)
+    assert all("length_eval" not in r for r in records if r["step"] < 10)

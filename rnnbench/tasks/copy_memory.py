@@ -93,7 +93,8 @@ def _variable_copy(S: int, N: int, lengths_range: tuple[int, int], solved_ratio:
         recalling = (steps >= recall_start) & (steps < recall_start + N)
         y = jnp.where(recalling, jnp.take_along_axis(symbols, recall_idx, axis=1), 0)
         mask = length_mask(delays + 2 * N, width)
-        return Batch(jax.nn.one_hot(tokens, S + 2, dtype=jnp.float32), y, mask)
+        x = jnp.where(mask[..., None], jax.nn.one_hot(tokens, S + 2, dtype=jnp.float32), 0.0)  # padding: zeros
+        return Batch(x, y, mask)
 
     def recall_weights(batch):
         steps = jnp.arange(width)[None, :]
