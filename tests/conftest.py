@@ -10,10 +10,9 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 # optimisations (LLVM -O2, fusion emitters) make compiles ~3-5x slower and change results only by
 # float rounding, which every comparison here tolerates (exact-equality tests compare runs of one
 # program). RNNBENCH_TEST_XLA_FLAGS="" runs the suite with XLA's defaults.
-_FAST_XLA = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
-             "--xla_cpu_use_fusion_emitters=false --xla_cpu_parallel_codegen_split_count=1")
-os.environ["XLA_FLAGS"] = " ".join(
-    f for f in (os.environ.get("XLA_FLAGS", ""), os.environ.get("RNNBENCH_TEST_XLA_FLAGS", _FAST_XLA)) if f)
+os.environ["XLA_FLAGS"] = " ".join(f for f in (os.environ.get("XLA_FLAGS", ""), os.environ.get(
+    "RNNBENCH_TEST_XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+    "--xla_cpu_use_fusion_emitters=false --xla_cpu_parallel_codegen_split_count=1")) if f)
 
 from pathlib import Path
 

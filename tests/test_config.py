@@ -37,10 +37,16 @@ def test_every_cell_config_builds_and_runs(compose, cell):
 
 @pytest.mark.parametrize("task", config_names("task"))
 def test_every_task_config_builds(compose, task):
-    cfg = compose([f"task={task}", "task.seq_len=7"])
-    t = build_task(cfg.task)
-    assert t.seq_len == 7
-    assert 0 < t.solved_threshold < t.baseline_loss
+    cfg = compose([f"task={task}"])
+    default = build_task(cfg.task)
+    # (tasks whose lengths vary by default, as Hochreiter & Schmidhuber's, range from seq_len upwards)
+    assert (default.length_range or (default.seq_len,))[0] == cfg.task.seq_len
+    assert 0 < default.solved_threshold < default.baseline_loss
+    if default.generalises:  # rebuilt at another length, with the same widths
+        longer = cfg.task.seq_len + 3
+        t = build_task(compose([f"task={task}", f"task.seq_len={longer}"]).task)
+        assert (t.length_range or (t.seq_len,))[0] == longer and (t.input_dim, t.output_dim) == (default.input_dim, default.output_dim)
+        assert 0 < t.solved_threshold < t.baseline_loss
 
 
 @pytest.mark.parametrize("optim", config_names("optim"))

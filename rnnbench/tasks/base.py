@@ -128,3 +128,22 @@ def mean_cross_entropy(logits: Array, labels: Array, weights: Array | None = Non
 def accuracy(logits: Array, labels: Array, weights: Array | None = None) -> Array:
     """Fraction of positions (with nonzero ``weights``) whose argmax equals the label."""
     return masked_mean((jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32), weights)
+
+
+IGNORE = -1  # the label of a step that carries no loss, padding included (Zoology's -100)
+
+
+def labelled_steps(batch: Batch) -> Array:
+    """``[B, T]`` bool: the steps whose label is not ``IGNORE`` (and that are real, under a mask)."""
+    scored = batch.y >= 0
+    return scored if batch.mask is None else scored & batch.mask
+
+
+def labelled_cross_entropy(logits: Array, batch: Batch) -> Array:
+    """Mean cross-entropy over the labelled steps (for per-step tasks whose other steps are IGNORE)."""
+    return mean_cross_entropy(logits, jnp.maximum(batch.y, 0), labelled_steps(batch))
+
+
+def labelled_accuracy(logits: Array, batch: Batch) -> Array:
+    """Accuracy over the labelled steps."""
+    return accuracy(logits, jnp.maximum(batch.y, 0), labelled_steps(batch))
