@@ -45,7 +45,8 @@ def test_every_task_config_builds(compose, task):
     if default.generalises:  # rebuilt at another length, with the same widths
         longer = cfg.task.seq_len + 3
         t = build_task(compose([f"task={task}", f"task.seq_len={longer}"]).task)
-        assert (t.length_range or (t.seq_len,))[0] == longer and (t.input_dim, t.output_dim) == (default.input_dim, default.output_dim)
+        assert (t.length_range or (t.seq_len,))[0] == longer
+        assert (t.input_dim, t.output_dim) == (default.input_dim, default.output_dim)
         assert 0 < t.solved_threshold < t.baseline_loss
 
 
@@ -132,3 +133,28 @@ def test_plugin_setting_falls_back_to_the_factory_default(compose):
     bare = OmegaConf.create({"_target_": "rnnbench.optim.adam"})  # a YAML that leaves clip_norm out
     assert plugin_setting(bare, "optim", "clip_norm") == 1.0
     assert plugin_setting(bare, "optim", "no_such_key", missing=0.0) == 0.0
+
+
+def test_every_task_runs_with_every_cell_under_tracing(compose):
+    """Every task x every cell config, as the CLI builds them: the model's loss on a task batch traced to
+    shapes (jax.eval_shape: nothing is compiled or run), a float32 scalar. The training path of each cell
+    and each task runs for real in test_cell_zoo, test_peephole and the task tests."""
+    tasks = {}
+    for name in config_names("task"):
+        cfg = compose([f"task={name}"])
+        task = build_task(cfg.task)
+        if task.generalises and task.length_range is None:  # short, to keep the tracing cheap
+            task = build_task(cfg.task, seq_len=max(24, cfg.task.seq_len // 8))
+        tasks[name] = task
+    for cell in config_names("cell"):
+        factory, bidirectional = build_cell(compose([f"cell={cell}"]).cell)
+        for name, task in tasks.items():
+            model = make_model(factory, hidden_size=4, output_dim=task.output_dim, readout=task.readout,
+                               bidirectional=bidirectional)
+
+            def loss(key, model=model, task=task):
+                batch = task.sample(key, 2)
+                return task.loss(model.apply(model.init(key, task.input_dim), batch.x, batch.mask), batch)
+
+            out = jax.eval_shape(loss, jax.random.key(0))
+            assert out.shape == () and out.dtype == jnp.float32, (cell, name)
