@@ -7,6 +7,8 @@ finds whichever exists, so the command works from any directory, editable instal
 
 Errors a user can fix (a bad option, W&B unable to start) print one line and exit with status 2;
 a job that fails while training exits with status 1 after recording the failure in its summary.json.
+In a multirun, a failing job is recorded and reported in one line and the sweep goes on; the command
+exits with status 1 at the end if any job failed.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from omegaconf import DictConfig
 from rnnbench.config import ConfigError, one_line, register_schemas
 
 EXIT_USAGE = 2
+EXIT_JOB_FAILED = 1
+_failed_jobs: list[str] = []  # jobs of this multirun that failed (each recorded in its summary.json)
 
 
 def config_dir() -> str:
@@ -66,6 +70,16 @@ def _hydra_main(cfg: DictConfig) -> None:
             raise
         print(f"rnnbench: error: {e}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    except Exception as e:
+        if not multirun or os.environ.get("RNNBENCH_DEBUG") == "1":
+            raise
+        # One job's failure must not end the sweep: its summary.json already says "failed" with the
+        # error and traceback; say so in one line and go on to the next job.
+        _failed_jobs.append(hc.runtime.output_dir)
+        print(f"rnnbench: job {hc.job.num} failed: {type(e).__name__}: {one_line(e)} "
+              f"(status and traceback in {hc.runtime.output_dir}/summary.json); the sweep goes on",
+              file=sys.stderr, flush=True)
+        return
     seeds = summary["seeds"]
     losses = ", ".join(f"{s['eval_loss']:.4g}" if s["eval_loss"] is not None else "nan" for s in seeds)
     print(f"{summary['cell']} {summary['task']} T={summary['seq_len']}: {summary['status']}, eval loss {losses} "
@@ -113,6 +127,10 @@ def main() -> None:
     debug = os.environ.get("RNNBENCH_DEBUG") == "1"
     try:
         _hydra_main()
+        if _failed_jobs:
+            print(f"rnnbench: {len(_failed_jobs)} job(s) of the sweep failed: {', '.join(_failed_jobs)}",
+                  file=sys.stderr)
+            sys.exit(EXIT_JOB_FAILED)
     except (ConfigError, WandbError) as e:
         if debug:
             raise

@@ -59,6 +59,7 @@ class TrainConfig:
     seed_parallel: SeedParallel = SeedParallel.auto
     progress: bool | None = None  # None: a progress bar when stderr is a terminal
     compile_cache: str | None = "~/.cache/rnnbench/jax"  # None: no persistent compilation cache
+    skip_nonfinite_updates: bool = False  # true: skip updates whose gradient is NaN/Inf instead of stopping the seed
 
 
 @dataclass

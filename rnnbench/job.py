@@ -93,6 +93,11 @@ def run_job(cfg: DictConfig, run_dir: Path, *, names: dict[str, str], group: str
         eval_tasks = build_eval_tasks(cfg.task, task, list(cfg.eval.seq_lens))
         cell_factory, bidirectional = build_cell(cfg.cell)
         optimizer = build_optimizer(cfg.optim, total_steps=cfg.train.steps)
+        if cfg.train.skip_nonfinite_updates:
+            import optax
+
+            # every non-finite update skipped (apply_if_finite applies one after this many in a row)
+            optimizer = optax.apply_if_finite(optimizer, max_consecutive_errors=2**31 - 1)
         check_wandb_credentials(cfg.logger.mode.value)
         if cfg.model.param_budget is not None:
             _size_to_budget(cfg, cell_factory, task, bidirectional)
@@ -159,6 +164,7 @@ def run_job(cfg: DictConfig, run_dir: Path, *, names: dict[str, str], group: str
                          clip_norm=float(plugin_setting(cfg.optim, "optim", "clip_norm", 0.0)),
                          diagnostics_every=d.every, diagnostics_batch=d.batch_size,
                          diagnostics_options=diagnostics_options, eval_tasks=eval_tasks,
+                         skip_nonfinite_updates=cfg.train.skip_nonfinite_updates,
                          on_eval=logger.log_eval, on_diagnostics=logger.log_diagnostics, progress=progress)
         except BaseException as e:
             bar.close()

@@ -252,6 +252,7 @@ def fit(
     diagnostics_batch: int = 64,
     diagnostics_options: DiagnosticsOptions = DEFAULT_OPTIONS,
     eval_tasks: dict[int, Task] | None = None,
+    skip_nonfinite_updates: bool = False,
     on_eval: Callable[[int, list[dict[str, Any]]], None] | None = None,
     on_diagnostics: Callable[[int, list[dict[str, Any]]], None] | None = None,
     progress: Callable[[int, dict[str, float]], None] | None = None,
@@ -265,7 +266,10 @@ def fit(
     With ``diagnostics_every > 0``, ``on_diagnostics(step, records)`` receives one record per seed
     (see ``diagnostics.diagnose``) at step 0, at the first evaluation on or after each multiple of
     ``diagnostics_every``, and at the end. ``progress(steps_done, postfix)`` is called after each
-    chunk. Training stops early once every seed has a non-finite loss.
+    chunk. A seed whose loss or gradient turns non-finite has diverged: it stops (its state returns to
+    the start of that chunk, the last one known finite) while the other seeds go on; training ends
+    early once every seed has diverged. With ``skip_nonfinite_updates`` (the optimiser then skips
+    non-finite updates, ``optax.apply_if_finite``), a seed diverges only when its parameters do.
 
     ``eval_tasks`` ({seq_len: task}, the same task built at other lengths) are evaluated once, after
     training, on each seed's held-out set at that length (length generalisation); the final record
@@ -306,6 +310,7 @@ def fit(
     last_eval = (np.full(num_seeds, np.nan), np.full(num_seeds, np.nan))
     last_diag: list[dict[str, Any]] = [{} for _ in seeds]
     length_results: list[dict[str, dict[str, Any]] | None] = [None] * num_seeds
+    frozen = [False] * num_seeds  # seeds stopped by an earlier chunk: their training metrics are void
     train_seconds = diagnostics_seconds = 0.0
 
     last_diag_step = -1
@@ -322,7 +327,8 @@ def fit(
                    "clip_fraction": None, "nonfinite_grads": None, "l2_updates": None, "l2_params": None,
                    "update_param_ratio": None, "eval_loss": _finite_or_none(loss[k]),
                    "eval_metric": _finite_or_none(metric[k]), "wall_time": time.perf_counter() - t_start}
-            if metrics is not None:
+            rec["diverged"] = diverged_at[k] is not None
+            if metrics is not None and not frozen[k]:
                 updates, params_norm = metrics["l2_updates"][k][-1], metrics["l2_params"][k][-1]
                 rec.update(
                     train_loss=_finite_or_none(np.mean(metrics["loss"][k])),
@@ -332,7 +338,8 @@ def fit(
                     nonfinite_grads=int(np.sum(metrics["nonfinite_grads"][k])),
                     l2_updates=_finite_or_none(updates),
                     l2_params=_finite_or_none(params_norm),
-                    update_param_ratio=_finite_or_none(updates / params_norm) if params_norm > 0 else None,
+                    update_param_ratio=(_finite_or_none(updates / params_norm)
+                                        if params_norm > 0 and np.isfinite([updates, params_norm]).all() else None),
                 )
             records.append(rec)
         if final and length_evals:
@@ -357,16 +364,33 @@ def fit(
     while done < steps:
         n = min(eval_every, steps - done)
         t0 = time.perf_counter()
+        before = jax.tree.map(jnp.copy, state)  # the chunk donates the state; a diverging seed returns here
         state, metrics = chunks[n](state, keys)
         metrics = jax.device_get(metrics)
         train_seconds += time.perf_counter() - t0
         done += n
         for k in range(num_seeds):
-            bad = ~np.isfinite(metrics["loss"][k]) | ~np.isfinite(metrics["l2_grads"][k])
+            if skip_nonfinite_updates:  # non-finite steps were skipped: only a non-finite model diverges
+                bad = ~np.isfinite(np.asarray(jax.device_get(optax.tree.norm(
+                    jax.tree.map(lambda p, k=k: p[k], state.params))))).reshape(1)
+            else:
+                bad = ~np.isfinite(metrics["loss"][k]) | ~np.isfinite(metrics["l2_grads"][k])
             if diverged_at[k] is None and bad.any():
                 diverged_at[k] = done - n + 1 + int(np.argmax(bad))
+        # A diverged seed stops: its state stays at the last chunk start before its first non-finite
+        # step (finite parameters, so its evaluations stay the last finite ones); the others go on.
+        stopped = np.array([d is not None for d in diverged_at])
+        if stopped.any():
+            keep_old = jnp.asarray(stopped)
+
+            def restore(new, old, keep_old=keep_old):  # every state leaf has the seed axis first
+                return jnp.where(keep_old.reshape((-1,) + (1,) * (new.ndim - 1)), old, new)
+
+            state = jax.tree.map(restore, state, before)
+        del before
         all_diverged = all(d is not None for d in diverged_at)
         record(done, metrics, final=done == steps or all_diverged)
+        frozen[:] = stopped.tolist()
         if progress is not None:
             progress(done, {"eval_loss": float(np.nanmean(last_eval[0]))})
         if all_diverged:

@@ -168,3 +168,36 @@ def test_a_run_from_the_installed_wheel_in_another_directory(tmp_path, wheel):
     assert out.returncode == 0, out.stderr
     (summary,) = work.rglob("summary.json")
     assert json.loads(summary.read_text())["status"] == "completed"
+
+
+FAILING_JOB = """
+import sys
+import rnnbench.train as train
+real_fit = train.fit
+def fit(model, task, *args, **kwargs):  # the job with seq_len 7 fails while training
+    if task.seq_len == 7:
+        raise RuntimeError("injected failure")
+    return real_fit(model, task, *args, **kwargs)
+train.fit = fit
+from rnnbench.cli import main
+sys.argv = ["rnnbench", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
+    script = tmp_path / "failing_job.py"
+    script.write_text(FAILING_JOB)
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    env.pop("RNNBENCH_DEBUG", None)
+    out = subprocess.run([sys.executable, str(script), "-m", "task.seq_len=6,7,8", "train.steps=2",
+                          "train.eval_every=2", "train.eval_size=8", "diagnostics.every=0", "logger=none",
+                          "hydra.sweep.dir=sweep"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    statuses = {n: json.loads((tmp_path / "sweep" / str(n) / "summary.json").read_text()) for n in range(3)}
+    assert [statuses[n]["status"] for n in range(3)] == ["completed", "failed", "completed"]
+    assert statuses[1]["error"] == "RuntimeError: injected failure" and "Traceback" in statuses[1]["traceback"]
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("rnnbench:")]
+    assert len(errors) == 2 and "job 1 failed: RuntimeError: injected failure" in errors[0], out.stderr
+    assert "1 job(s) of the sweep failed" in errors[1]
+    assert "| adding | 7 | lstm | - | failed |" in out.stdout  # the sweep's table lists it

@@ -196,3 +196,64 @@ def test_length_generalisation_evaluates_the_trained_model_at_other_lengths():
         at_12 = rec["length_eval"]["12"]
         assert at_12["solved"] == (at_12["eval_loss"] < adding(12).solved_threshold)
     assert all("length_eval" not in r for r in records if r["step"] < 10)
+
+
+
+def _blow_up_where_readout_starts_positive(lr):
+    """SGD, except that a seed whose first readout weight starts positive gets an infinite step.
+
+    Seeds differ only in their init, so this is how one program of K seeds can hold one seed that
+    diverges at once (its loss is NaN from step 2) beside seeds that train normally."""
+
+    def init(params):
+        return {"blow_up": params["readout"]["w"][0, 0] > 0}
+
+    def update(grads, state, params=None):
+        factor = jnp.where(state["blow_up"], jnp.inf, 1.0)
+        return jax.tree.map(lambda g: -lr * factor * g, grads), state
+
+    return optax.GradientTransformation(init, update)
+
+
+def test_a_diverging_seed_stops_and_the_others_finish():
+    task = adding(4)
+    model = _setup(task)
+    opt = _blow_up_where_readout_starts_positive(0.05)
+    first_w = [float(model.init(seed_keys(s).init, task.input_dim)["readout"]["w"][0, 0]) for s in range(40)]
+    start = next(s for s in range(37) if sum(w > 0 for w in first_w[s : s + 4]) == 1)  # one of 4 blows up
+    bad = start + next(i for i in range(4) if first_w[start + i] > 0)
+    result, records = _fit(task, model, opt, seed=start, num_seeds=4, steps=30, eval_every=10)
+    assert result.diverged and result.steps == 30  # the other seeds ran to the end
+    for r in result.seeds:
+        mine = [rec for rec in records if rec["seed"] == r.seed]
+        if r.seed == bad:
+            assert r.diverged_at_step == 2  # its first update is infinite: the loss of step 2 is not finite
+            # stopped with its last finite parameters: every evaluation is the one at step 0
+            assert {rec["eval_loss"] for rec in mine} == {mine[0]["eval_loss"]} and np.isfinite(r.eval_loss)
+            assert [rec["diverged"] for rec in mine] == [False, True, True, True]
+            assert mine[2]["train_loss"] is None and mine[3]["train_loss"] is None  # no training after the stop
+        else:
+            assert r.diverged_at_step is None
+            alone = _fit(task, model, opt, seed=r.seed, num_seeds=1, steps=30, eval_every=10)[1]
+            assert [rec["eval_loss"] for rec in mine] == pytest.approx([rec["eval_loss"] for rec in alone], rel=1e-5)
+
+
+def test_skip_nonfinite_updates_keeps_a_seed_training():
+    """With optax.apply_if_finite (train.skip_nonfinite_updates), a NaN gradient skips that step only."""
+    clean = adding(4)
+
+    def sample(key, batch_size):  # one training batch in four carries a NaN: its gradient is NaN
+        batch = clean.sample(key, batch_size)
+        poisoned = jax.random.uniform(jax.random.fold_in(key, 99)) < 0.25
+        return batch._replace(x=jnp.where(poisoned, jnp.nan, batch.x))
+
+    task = clean._replace(sample=sample, sample_eval=clean.sample)
+    model = _setup(task)
+    opt = optax.apply_if_finite(optax.sgd(0.05), max_consecutive_errors=10**6)
+    result, records = _fit(task, model, opt, steps=20, eval_every=10, skip_nonfinite_updates=True)
+    assert not result.diverged and result.seeds[0].diverged_at_step is None
+    assert 0 < sum(r["nonfinite_grads"] or 0 for r in records)  # there were NaN gradients, and they were skipped
+    assert all(np.isfinite(r["eval_loss"]) for r in records)
+    assert records[-1]["eval_loss"] < records[0]["eval_loss"]
+    stopped, _ = _fit(task, model, optax.sgd(0.05), steps=20, eval_every=10)  # without: the first NaN stops it
+    assert stopped.diverged and stopped.seeds[0].diverged_at_step is not None
