@@ -29,6 +29,7 @@ from rnnbench.config import ConfigError, one_line, register_schemas
 EXIT_USAGE = 2
 EXIT_JOB_FAILED = 1
 _failed_jobs: list[str] = []  # jobs of this multirun that failed (each recorded in its summary.json)
+_jobs_started = 0  # how many jobs reached our code (an OSError before the first is Hydra making the run dir)
 
 
 def config_dir() -> str:
@@ -57,6 +58,8 @@ def _hydra_main(cfg: DictConfig) -> None:
     from rnnbench.job import run_job
     from rnnbench.logging import WandbError
 
+    global _jobs_started
+    _jobs_started += 1
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     group = Path(hc.sweep.dir).name if multirun else None
@@ -147,49 +150,13 @@ def main() -> None:
     except Exception as e:
         if debug:
             raise
+        if isinstance(e, OSError) and not _jobs_started:  # Hydra makes the run directory before any job
+            print(f"rnnbench: error: cannot create the output directory: {type(e).__name__}: {one_line(e)} "
+                  "(set hydra.run.dir or hydra.sweep.dir to a writable place)", file=sys.stderr)
+            sys.exit(EXIT_USAGE)
         print(f"rnnbench: job failed: {type(e).__name__}: {one_line(e)} (RNNBENCH_DEBUG=1 for the traceback)",
               file=sys.stderr)
-        sys.exit(1)
-
-
-def _cells_parser():
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="rnnbench-cells",
-        description="List the cells (configs/cell/*.yaml) with their parameter counts at given sizes.")
-    parser.add_argument("--input-size", type=int, default=1, help="input features D (default 1)")
-    parser.add_argument("--hidden-size", type=int, default=64, help="hidden units H (default 64)")
-    parser.add_argument("--output-size", type=int, default=1, help="readout outputs O (default 1)")
-    parser.add_argument("--budget", type=int, default=None,
-                        help="also show the hidden size model.param_budget=N would choose, and its count")
-    parser.add_argument("cells", nargs="*", help="cell names (default: all)")
-    return parser
-
-
-def cells_main(argv: list[str] | None = None) -> None:
-    """Console script ``rnnbench-cells``: the cell catalogue (``rnnbench/catalog.py``)."""
-    args = _cells_parser().parse_args(argv)
-    for flag in ("input_size", "hidden_size", "output_size", "budget"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            print(f"rnnbench-cells: error: --{flag.replace('_', '-')}={value} must be a positive integer",
-                  file=sys.stderr)
-            sys.exit(EXIT_USAGE)
-    from rnnbench.catalog import catalog, cell_names, format_catalog
-
-    known = cell_names(config_dir())
-    unknown = [c for c in args.cells if c not in known]
-    if unknown:
-        print(f"rnnbench-cells: error: unknown cell {unknown[0]!r}; choose from: {', '.join(known)}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-    sizes = {"input_dim": args.input_size, "hidden_size": args.hidden_size, "output_dim": args.output_size}
-    try:
-        rows = catalog(config_dir(), budget=args.budget, names=args.cells or None, **sizes)
-    except (ConfigError, ValueError) as e:
-        print(f"rnnbench-cells: error: {one_line(e)}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
-    print(format_catalog(rows, budget=args.budget, **sizes))
+        sys.exit(EXIT_JOB_FAILED)
 
 
 if __name__ == "__main__":

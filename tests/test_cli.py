@@ -112,10 +112,15 @@ def test_multirun_gives_each_job_its_own_wandb_run(tmp_path):
         (["model.param_budget=0"], "model.param_budget=0"),
         (["task.length_range=[5,2]"], "task.length_range=[5, 2]"),
         (["eval.seq_lens=[0]"], "eval.seq_lens=[0]"),
+        (["task=digits", "eval.seq_lens=[128]"], "is not possible for task 'digits'"),
+        (["task=reber", "task.length_range=[5,9]"], "task.length_range"),
+        (["task=assoc_recall", "task.seq_len=10"], "task.seq_len=10"),
+        (["cell=lru", "cell.r_max=1.5"], "r_max=1.5"),
+        (["hydra.run.dir=/dev/null/run"], "cannot create the output directory"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, args, needle):
-    out = rnnbench(*args, "hydra.run.dir=out/run", cwd=tmp_path)
+    out = rnnbench("hydra.run.dir=out/run", *args, cwd=tmp_path)  # (a later hydra.run.dir wins)
     assert out.returncode == 2, (out.stdout, out.stderr)
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1, out.stderr
