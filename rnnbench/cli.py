@@ -159,5 +159,47 @@ def main() -> None:
         sys.exit(EXIT_JOB_FAILED)
 
 
+
+def _cells_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="rnnbench-cells",
+        description="List the cells (configs/cell/*.yaml) with their parameter counts at given sizes.")
+    parser.add_argument("--input-size", type=int, default=1, help="input features D (default 1)")
+    parser.add_argument("--hidden-size", type=int, default=64, help="hidden units H (default 64)")
+    parser.add_argument("--output-size", type=int, default=1, help="readout outputs O (default 1)")
+    parser.add_argument("--budget", type=int, default=None,
+                        help="also show the hidden size model.param_budget=N would choose, and its count")
+    parser.add_argument("cells", nargs="*", help="cell names (default: all)")
+    return parser
+
+
+def cells_main(argv: list[str] | None = None) -> None:
+    """Console script ``rnnbench-cells``: the cell catalogue (``rnnbench/catalog.py``)."""
+    args = _cells_parser().parse_args(argv)
+    for flag in ("input_size", "hidden_size", "output_size", "budget"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            print(f"rnnbench-cells: error: --{flag.replace('_', '-')}={value} must be a positive integer",
+                  file=sys.stderr)
+            sys.exit(EXIT_USAGE)
+    from rnnbench.catalog import catalog, cell_names, format_catalog
+
+    known = cell_names(config_dir())
+    unknown = [c for c in args.cells if c not in known]
+    if unknown:
+        print(f"rnnbench-cells: error: unknown cell {unknown[0]!r}; choose from: {', '.join(known)}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    sizes = {"input_dim": args.input_size, "hidden_size": args.hidden_size, "output_dim": args.output_size}
+    try:
+        rows = catalog(config_dir(), budget=args.budget, names=args.cells or None, **sizes)
+    except (ConfigError, ValueError) as e:
+        print(f"rnnbench-cells: error: {one_line(e)}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    print(format_catalog(rows, budget=args.budget, **sizes))
+
+
+
 if __name__ == "__main__":
     main()
