@@ -17,8 +17,8 @@ from rnnbench.config import build_cell, register_schemas
 
 def _description(path: Path) -> str:
     """The cell's name and source from its config's first comment line, without the file pointer."""
-    first = path.read_text().splitlines()[0] if path.read_text() else ""
-    text = first.lstrip("#").strip()
+    lines = path.read_text().splitlines()
+    text = (lines[0] if lines else "").lstrip("#").strip()
     text = re.sub(r"\s*\(?rnnbench/\S+\)?\.?$", "", text)  # "(rnnbench/cells/x.py)" or "; rnnbench/..."
     text = re.sub(r";\s*(equations.*)?$", "", text)
     return text.rstrip(" ;.")
