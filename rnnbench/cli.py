@@ -14,6 +14,7 @@ exits with status 1 at the end if any job failed.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -83,11 +84,23 @@ def _hydra_main(cfg: DictConfig) -> None:
               f"(status and traceback in {hc.runtime.output_dir}/summary.json); the sweep goes on",
               file=sys.stderr, flush=True)
         return
+    where = hc.runtime.output_dir
+    if summary.get("skipped"):
+        if summary.get("status") == "failed":  # failed earlier; it counts as a failure of this launch too
+            _failed_jobs.append(where)
+            job = f"job {hc.job.num}" if multirun else "the run"
+            print(f"rnnbench: {job} failed earlier ({summary.get('error', 'see its summary.json')}); skipped, "
+                  f"train.rerun_failed=true reruns it -> {where}", file=sys.stderr, flush=True)
+        else:
+            print(f"{summary.get('cell')} {summary.get('task')} T={summary.get('seq_len')}: {summary.get('status')} "
+                  f"earlier; skipped -> {where}", flush=True)
+        return
     seeds = summary["seeds"]
     losses = ", ".join(f"{s['eval_loss']:.4g}" if s["eval_loss"] is not None else "nan" for s in seeds)
+    speed = f"{summary['steps_per_second']:.1f} steps/s" if summary["steps_per_second"] else "no training steps"
     print(f"{summary['cell']} {summary['task']} T={summary['seq_len']}: {summary['status']}, eval loss {losses} "
           f"(baseline {summary['baseline_loss']:.4g}), solved {sum(s['solved'] for s in seeds)}/{len(seeds)}, "
-          f"{summary['steps_per_second']:.1f} steps/s -> {hc.runtime.output_dir}", flush=True)
+          f"{speed} -> {where}", flush=True)
 
 
 def _usage_message(e: BaseException) -> str:
@@ -131,7 +144,7 @@ def main() -> None:
     try:
         _hydra_main()
         if _failed_jobs:
-            print(f"rnnbench: {len(_failed_jobs)} job(s) of the sweep failed: {', '.join(_failed_jobs)}",
+            print(f"rnnbench: {len(_failed_jobs)} job(s) failed: {', '.join(_failed_jobs)}",
                   file=sys.stderr)
             sys.exit(EXIT_JOB_FAILED)
     except (ConfigError, WandbError) as e:
@@ -144,9 +157,8 @@ def main() -> None:
             raise
         print(f"rnnbench: error: {_usage_message(e)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    except KeyboardInterrupt:
-        print("rnnbench: interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:  # status "interrupted" and a checkpoint are already written
+        sys.exit(128 + getattr(e, "signum", signal.SIGINT))
     except Exception as e:
         if debug:
             raise

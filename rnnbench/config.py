@@ -60,6 +60,9 @@ class TrainConfig:
     progress: bool | None = None  # None: a progress bar when stderr is a terminal
     compile_cache: str | None = "~/.cache/rnnbench/jax"  # None: no persistent compilation cache
     skip_nonfinite_updates: bool = False  # true: skip updates whose gradient is NaN/Inf instead of stopping the seed
+    checkpoint_every: int = 500  # steps between checkpoints (at the next evaluation), and at the end; 0: none
+    keep_checkpoints: int = 2  # the newest N checkpoints are kept
+    rerun_failed: bool = False  # a run directory whose summary says "failed" is run again (else skipped)
 
 
 @dataclass
@@ -87,6 +90,7 @@ class LoggerConfig:
     name: str | None = None
     tags: list[str] = field(default_factory=list)
     init_timeout: float = 20.0
+    fallback_offline: bool = False  # online W&B unusable (no key, no network): log offline instead of failing
 
 
 @dataclass
@@ -250,6 +254,9 @@ def validate(cfg: DictConfig) -> None:
     for key in ("model.hidden_size", "model.num_layers", "model.unroll", "train.steps", "train.batch_size",
                 "train.num_seeds", "train.eval_every", "train.eval_size"):
         _positive(cfg, key)
+    if cfg.train.checkpoint_every < 0:
+        raise ConfigError(f"train.checkpoint_every={cfg.train.checkpoint_every} must be >= 0 (0 turns checkpoints off)")
+    _positive(cfg, "train.keep_checkpoints")
     budget = cfg.model.param_budget
     if budget is not None and budget < 1:
         raise ConfigError(f"model.param_budget={budget} must be a positive integer (or null to use model.hidden_size)")

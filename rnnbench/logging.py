@@ -7,7 +7,13 @@ A run directory holds
                      norms, gate statistics (see diagnostics.py)
     summary.json     written atomically: status "running" at the start, the final record at the end
     config.yaml      the resolved config (Hydra's .hydra/config.yaml keeps ${oc.env:...} unresolved)
+    checkpoints/     the last train.keep_checkpoints checkpoints (checkpoint.py)
     wandb/           the W&B run (offline by default: ``wandb sync RUN_DIR/wandb/offline-run-*``)
+
+A resumed run cuts metrics.jsonl and diagnostics.jsonl back to their sizes at its checkpoint
+(``truncate_to``) before appending, so each step is in them exactly once; its W&B run keeps the id
+of the first segment (online: W&B resumes the run; offline: each segment is an ``offline-run-*``
+directory with that id, and ``wandb sync`` uploads them into the one run, in order).
 
 ``report.py`` reads only these files; it never needs W&B.
 """
@@ -15,6 +21,7 @@ A run directory holds
 from __future__ import annotations
 
 import json
+import logging
 import math
 import netrc
 import os
@@ -22,6 +29,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
+
+from rnnbench.checkpoint import crash_point
 
 METRICS_FILE = "metrics.jsonl"
 DIAGNOSTICS_FILE = "diagnostics.jsonl"
@@ -48,10 +57,22 @@ def write_json_atomic(path: Path, data: Any) -> None:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are for the group to read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def truncate_to(run_dir: Path, sizes: dict[str, int]) -> None:
+    """Cut the run's JSONL files back to ``sizes`` ({file name: bytes}; a file not named: to 0)."""
+    for name in (METRICS_FILE, DIAGNOSTICS_FILE):
+        path = Path(run_dir) / name
+        if path.exists():
+            with open(path, "r+b") as f:
+                f.truncate(min(int(sizes.get(name, 0)), os.fstat(f.fileno()).st_size))
+                f.flush()
+                os.fsync(f.fileno())
 
 
 def wandb_api_key_available() -> bool:
@@ -69,11 +90,45 @@ class WandbError(RuntimeError):
     """W&B could not start (online mode without credentials or network); message is one line."""
 
 
-def check_wandb_credentials(mode: str) -> None:
-    """Fail at once, before any work, if online mode has no key (W&B would otherwise prompt or hang)."""
-    if mode == "online" and not wandb_api_key_available():
-        raise WandbError("logger.mode=online needs a W&B API key (set WANDB_API_KEY or run `wandb login`); "
-                         "use logger.mode=offline and `wandb sync` later")
+def _wandb_host() -> tuple[str, int]:
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    return url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
+
+
+def wandb_unreachable(timeout: float) -> str | None:
+    """Why the W&B server cannot be reached (name lookup, TCP connect), or None when it can."""
+    import socket
+
+    host, port = _wandb_host()
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        return f"cannot reach {host}:{port} ({type(e).__name__}: {e})"
+    return None
+
+
+def check_wandb_credentials(mode: str, fallback_offline: bool = False, timeout: float = 5.0) -> str:
+    """The W&B mode this run can use, decided at once, before any work.
+
+    Online mode needs an API key (W&B would otherwise prompt, or wait forever in a terminal) and a
+    server that answers (W&B would otherwise retry for ``init_timeout`` seconds): both are checked
+    here within ``timeout`` seconds. Either missing raises a one-line ``WandbError``, or with
+    ``fallback_offline`` logs a warning and returns "offline".
+    """
+    if mode != "online":
+        return mode
+    problem = None
+    if not wandb_api_key_available():
+        problem = "logger.mode=online needs a W&B API key (set WANDB_API_KEY or run `wandb login`)"
+    elif (why := wandb_unreachable(timeout)) is not None:
+        problem = f"logger.mode=online: {why}"
+    if problem is None:
+        return mode
+    if fallback_offline:
+        logging.getLogger("rnnbench").warning("%s; logging offline instead (logger.fallback_offline=true); "
+                                              "`wandb sync` uploads the run later", problem)
+        return "offline"
+    raise WandbError(f"{problem}; use logger.mode=offline (and `wandb sync` later) or logger.fallback_offline=true")
 
 
 class RunLogger:
@@ -84,14 +139,16 @@ class RunLogger:
     """
 
     def __init__(self, run_dir: Path, config: dict[str, Any], *, mode: str, project: str, entity: str | None,
-                 group: str | None, name: str, tags: list[str], init_timeout: float) -> None:
+                 group: str | None, name: str, tags: list[str], init_timeout: float, run_id: str | None = None,
+                 fallback_offline: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self._wandb_args = dict(mode=mode, project=project, entity=entity, group=group, name=name,
-                                tags=list(tags), init_timeout=init_timeout)
+                                tags=list(tags), init_timeout=init_timeout, run_id=run_id)
+        self._fallback_offline = fallback_offline
         self._config = config
         self._metrics = None
         self._diagnostics = None
-        self._flow_history: list[list[float]] = []  # log10 ||dL/dh_t||, mean over seeds, per diagnostic step
+        self.flow_history: list[list[float]] = []  # log10 ||dL/dh_t||, mean over seeds, per diagnostic step
         self.wandb_run = None
 
     def __enter__(self) -> RunLogger:
@@ -102,29 +159,44 @@ class RunLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         args = self._wandb_args
         if args["mode"] != "disabled":  # first, so a W&B failure leaves no metrics file behind
-            self.wandb_run = self._init_wandb(**args)
+            try:
+                self.wandb_run = self._init_wandb(**args)
+            except WandbError as e:
+                if not (self._fallback_offline and args["mode"] == "online"):
+                    raise
+                logging.getLogger("rnnbench").warning("%s; logging offline instead (logger.fallback_offline=true)", e)
+                self.wandb_run = self._init_wandb(**{**args, "mode": "offline"})
         self._metrics = open(self.run_dir / METRICS_FILE, "a")
         return self
 
-    def _init_wandb(self, *, mode, project, entity, group, name, tags, init_timeout):
+    def _init_wandb(self, *, mode, project, entity, group, name, tags, init_timeout, run_id):
         import wandb
 
         check_wandb_credentials(mode)
         settings = wandb.Settings(x_disable_stats=True, init_timeout=init_timeout, console="off", silent=True)
+        # A resumed run keeps its id: online, W&B appends to that run; offline (where W&B 0.31 cannot
+        # resume), the new offline-run-* directory carries the same id and `wandb sync` joins them.
+        resume = {"id": run_id, "resume": "allow"} if run_id and mode == "online" else {"id": run_id}
         try:
             return wandb.init(project=project, entity=entity, group=group, name=name, tags=tags,
                               config=self._config, dir=str(self.run_dir), mode=mode,
-                              reinit="finish_previous", settings=settings)
+                              reinit="finish_previous", settings=settings, **resume)
         except Exception as e:  # CommError after init_timeout, UsageError, ...
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise WandbError(f"W&B {mode} init failed ({first}); use logger.mode=offline or "
                              "check the network and credentials") from None
+
+    def file_sizes(self) -> dict[str, int]:
+        """Byte sizes of the JSONL files written so far (a checkpoint stores them; see truncate_to)."""
+        return {name: (self.run_dir / name).stat().st_size if (self.run_dir / name).exists() else 0
+                for name in (METRICS_FILE, DIAGNOSTICS_FILE)}
 
     def log_eval(self, step: int, records: list[dict[str, Any]]) -> None:
         """One record per seed at ``step``: appended to metrics.jsonl and logged to W&B."""
         for rec in records:
             self._metrics.write(json.dumps(_json_safe(rec)) + "\n")
         self._metrics.flush()
+        crash_point("metrics_written", step)
         if self.wandb_run is not None:
             data: dict[str, Any] = {}
             for rec in records:
@@ -153,7 +225,7 @@ class RunLogger:
             self._diagnostics.write(json.dumps(_json_safe(rec)) + "\n")
         self._diagnostics.flush()
         if self.wandb_run is not None:
-            self.wandb_run.log(_wandb_diagnostics(step, records, self._flow_history), step=step)
+            self.wandb_run.log(_wandb_diagnostics(step, records, self.flow_history), step=step)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json_atomic(self.run_dir / SUMMARY_FILE, summary)

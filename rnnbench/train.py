@@ -170,6 +170,15 @@ class SeedResult(NamedTuple):
     length_eval: dict[str, dict[str, Any]] | None = None  # eval at other lengths: {str(T): {loss, metric, solved}}
 
 
+class Interrupted(KeyboardInterrupt):
+    """Training stopped at a chunk boundary on request (Ctrl-C, SIGTERM), after its last checkpoint."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        super().__init__(f"interrupted at step {step}")
+        self.step = step
+        self.signum = signum
+
+
 class FitResult(NamedTuple):
     seeds: list[SeedResult]
     steps: int
@@ -253,6 +262,10 @@ def fit(
     diagnostics_options: DiagnosticsOptions = DEFAULT_OPTIONS,
     eval_tasks: dict[int, Task] | None = None,
     skip_nonfinite_updates: bool = False,
+    checkpoint_every: int = 0,
+    on_checkpoint: Callable[[int, TrainState, dict[str, Any]], None] | None = None,
+    restore: Callable[[TrainState], tuple[TrainState, dict[str, Any]] | None] | None = None,
+    should_stop: Callable[[], int] | None = None,
     on_eval: Callable[[int, list[dict[str, Any]]], None] | None = None,
     on_diagnostics: Callable[[int, list[dict[str, Any]]], None] | None = None,
     progress: Callable[[int, dict[str, float]], None] | None = None,
@@ -276,6 +289,14 @@ def fit(
     and each SeedResult carry them as ``length_eval``. Each seed's result also carries
     ``eval_data_sha256``, a fingerprint of its evaluation batch, so two runs can show they saw the
     same data.
+
+    Checkpoints and resuming. With ``checkpoint_every > 0``, ``on_checkpoint(step, state, loop)``
+    receives the state and the loop's bookkeeping (JSON-ready) at the first evaluation on or after
+    each multiple of ``checkpoint_every`` and at the end. ``restore(template)`` (given the freshly
+    initialised state) returns such a ``(state, loop)`` pair, or None to start afresh: training goes
+    on from that step exactly as if it had never stopped, because every batch and dropout mask is
+    drawn from ``fold_in(key, step)`` and the programs are the same. ``should_stop()`` is polled after
+    each chunk; a non-zero answer (a signal number) checkpoints that step and raises ``Interrupted``.
     """
     t_start = time.perf_counter()
     trainer = make_trainer(model, task, optimizer, batch_size=batch_size, eval_size=eval_size, dropout=dropout,
@@ -314,6 +335,26 @@ def fit(
     train_seconds = diagnostics_seconds = 0.0
 
     last_diag_step = -1
+    elapsed_before = 0.0  # wall time of the earlier segments of a resumed run
+    done = 0
+
+    def loop_state() -> dict[str, Any]:
+        """The loop's bookkeeping: with the TrainState, everything a resumed run needs."""
+        return {"step": done, "seeds": seeds, "solved_at": solved_at, "diverged_at": diverged_at, "frozen": frozen,
+                "last_eval": [np.asarray(a, dtype=float).tolist() for a in last_eval], "last_diag": last_diag,
+                "last_diag_step": last_diag_step, "length_results": length_results,
+                "train_seconds": train_seconds, "diagnostics_seconds": diagnostics_seconds,
+                "elapsed": elapsed_before + time.perf_counter() - t_start}
+
+    restored = restore(state) if restore is not None else None
+    if restored is not None:
+        state, loop = restored
+        done, last_diag_step = int(loop["step"]), int(loop["last_diag_step"])
+        solved_at[:], diverged_at[:], frozen[:] = loop["solved_at"], loop["diverged_at"], loop["frozen"]
+        last_eval = tuple(np.asarray(a, dtype=float) for a in loop["last_eval"])
+        last_diag[:], length_results[:] = loop["last_diag"], loop["length_results"]
+        train_seconds, diagnostics_seconds = float(loop["train_seconds"]), float(loop["diagnostics_seconds"])
+        elapsed_before = float(loop["elapsed"])
 
     def record(step: int, metrics: dict[str, np.ndarray] | None, final: bool = False) -> None:
         nonlocal last_eval, diagnostics_seconds, last_diag_step
@@ -326,7 +367,8 @@ def fit(
             rec = {"step": step, "seed": s, "train_loss": None, "grad_norm": None, "grad_norm_layers": None,
                    "clip_fraction": None, "nonfinite_grads": None, "l2_updates": None, "l2_params": None,
                    "update_param_ratio": None, "eval_loss": _finite_or_none(loss[k]),
-                   "eval_metric": _finite_or_none(metric[k]), "wall_time": time.perf_counter() - t_start}
+                   "eval_metric": _finite_or_none(metric[k]),
+                   "wall_time": elapsed_before + time.perf_counter() - t_start}
             rec["diverged"] = diverged_at[k] is not None
             if metrics is not None and not frozen[k]:
                 updates, params_norm = metrics["l2_updates"][k][-1], metrics["l2_params"][k][-1]
@@ -359,9 +401,10 @@ def fit(
             if on_diagnostics is not None:
                 on_diagnostics(step, diag_records)
 
-    record(0, None)
-    done = 0
-    while done < steps:
+    last_checkpoint = done
+    if done == 0:
+        record(0, None)
+    while done < steps and not all(d is not None for d in diverged_at):
         n = min(eval_every, steps - done)
         t0 = time.perf_counter()
         before = jax.tree.map(jnp.copy, state)  # the chunk donates the state; a diverging seed returns here
@@ -393,8 +436,13 @@ def fit(
         frozen[:] = stopped.tolist()
         if progress is not None:
             progress(done, {"eval_loss": float(np.nanmean(last_eval[0]))})
-        if all_diverged:
-            break
+        signum = should_stop() if should_stop is not None else 0
+        due = checkpoint_every and done // checkpoint_every > last_checkpoint // checkpoint_every
+        if on_checkpoint is not None and (due or signum or done == steps or all_diverged):
+            on_checkpoint(done, state, loop_state())
+            last_checkpoint = done
+        if signum:
+            raise Interrupted(done, signum)
 
     loss, metric = last_eval
     results = [
@@ -406,5 +454,5 @@ def fit(
         for k, s in enumerate(seeds)
     ]
     return FitResult(seeds=results, steps=done, num_params=num_params, compile_seconds=compile_seconds,
-                     train_seconds=train_seconds, wall_seconds=time.perf_counter() - t_start,
+                     train_seconds=train_seconds, wall_seconds=elapsed_before + time.perf_counter() - t_start,
                      diverged=any(d is not None for d in diverged_at), diagnostics_seconds=diagnostics_seconds)

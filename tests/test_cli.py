@@ -117,6 +117,7 @@ def test_multirun_gives_each_job_its_own_wandb_run(tmp_path):
         (["task=assoc_recall", "task.seq_len=10"], "task.seq_len=10"),
         (["cell=lru", "cell.r_max=1.5"], "r_max=1.5"),
         (["hydra.run.dir=/dev/null/run"], "cannot create the output directory"),
+        (["train.checkpoint_every=-1"], "train.checkpoint_every=-1 must be >= 0"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, args, needle):
@@ -195,14 +196,27 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     script.write_text(FAILING_JOB)
     env = {**os.environ, "WANDB_MODE": "disabled"}
     env.pop("RNNBENCH_DEBUG", None)
-    out = subprocess.run([sys.executable, str(script), "-m", "task.seq_len=6,7,8", "train.steps=2",
-                          "train.eval_every=2", "train.eval_size=8", "diagnostics.every=0", "logger=none",
-                          "hydra.sweep.dir=sweep"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    args = ["-m", "task.seq_len=6,7,8", "train.steps=2", "train.eval_every=2", "train.eval_size=8",
+            "diagnostics.every=0", "logger=none", "hydra.sweep.dir=sweep"]
+    out = subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=600)
     assert out.returncode == 1, (out.stdout, out.stderr)
     statuses = {n: json.loads((tmp_path / "sweep" / str(n) / "summary.json").read_text()) for n in range(3)}
     assert [statuses[n]["status"] for n in range(3)] == ["completed", "failed", "completed"]
     assert statuses[1]["error"] == "RuntimeError: injected failure" and "Traceback" in statuses[1]["traceback"]
     errors = [ln for ln in out.stderr.splitlines() if ln.startswith("rnnbench:")]
     assert len(errors) == 2 and "job 1 failed: RuntimeError: injected failure" in errors[0], out.stderr
-    assert "1 job(s) of the sweep failed" in errors[1]
+    assert "1 job(s) failed" in errors[1]
     assert "| adding | 7 | lstm | - | failed |" in out.stdout  # the sweep's table lists it
+
+    # Re-launched: the finished jobs are skipped, and so is the failed one unless asked to rerun it.
+    out = subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 1, (out.stdout, out.stderr)
+    assert out.stdout.count("completed earlier; skipped") == 2
+    assert ("job 1 failed earlier (RuntimeError: injected failure); skipped, train.rerun_failed=true reruns it"
+            in out.stderr)
+    rerun = rnnbench(*args, "train.rerun_failed=true", cwd=tmp_path, env={"WANDB_MODE": "disabled"})  # fixed now
+    assert rerun.returncode == 0, rerun.stderr
+    job1 = json.loads((tmp_path / "sweep" / "1" / "summary.json").read_text())
+    assert job1["status"] == "completed" and "error" not in job1
