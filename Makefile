@@ -9,7 +9,7 @@ export JAX_PLATFORMS ?= cpu
 TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-full lint bench bench-diagnostics bench-parallel sweep report cells clean
+.PHONY: help install demo test test-full lint bench bench-levers bench-diagnostics bench-parallel bench-seeds sweep report cells clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -34,14 +34,20 @@ test-full: install ## every test, including the slow convergence checks
 lint: install ## ruff
 	$(BIN)/ruff check rnnbench tests
 
-bench: install ## micro-benchmarks that decide defaults (hoisting the input projection, unroll)
-	$(BIN)/python -m rnnbench.bench
+bench: install ## rnnbench vs flax nn.RNN vs torch (pip install -e '.[bench]'), T/S/L/W shapes; see BENCHMARKS.md
+	$(BIN)/python -m rnnbench.bench $(ARGS)
+
+bench-levers: install ## micro-benchmarks that decided defaults (hoisting the input projection, unroll)
+	$(BIN)/python -m rnnbench.bench --levers
 
 bench-diagnostics: install ## cost of a gradient-diagnostics step relative to a train step
 	$(BIN)/python -m rnnbench.bench --diagnostics
 
 bench-parallel: install ## parallel (associative_scan) vs sequential form of minGRU, minLSTM and LRU
 	$(BIN)/python -m rnnbench.bench --parallel
+
+bench-seeds: install ## K seeds in one program (vmap/map/loop) vs K separate runs: make bench-seeds ARGS="--shape S"
+	$(BIN)/python -m rnnbench.bench_seeds $(ARGS)
 
 cells: install ## list the cells with parameter counts: make cells ARGS="--input-size 2 --budget 10000"
 	$(BIN)/rnnbench-cells $(ARGS)

@@ -1,19 +1,349 @@
-"""Micro-benchmarks behind defaults that were chosen by measurement (``make bench``).
+"""Benchmarks (``make bench``): rnnbench's cells against flax.linen and PyTorch, side by side.
 
-Measures one training step (forward, backward, Adam) per cell with the input projection hoisted out
-of the scan and computed inside it, and with several ``unroll`` values, all in this one process, and
-prints the medians side by side with ratios. Speed claims compare ratios measured in one run: the
-machines are shared and noisy. Usage: ``python -m rnnbench.bench [--shape S] [--repeats 20]``.
+The default run times the same training workload in every implementation: each step draws a fresh
+batch (x ~ N(0, 1) [B, T, 8], y ~ N(0, 1) [B, 1]), runs the recurrence, reads the last output through
+a linear layer, takes the mean squared error, backpropagates and applies Adam (lr 1e-3). The
+implementations:
+
+    rnnbench   make_model(lstm | gru | rnn), jitted with donated state; also with glibc malloc tuned
+               in-process (``mallopt``), and at T=1000 with ``remat`` (jax.checkpoint on the step)
+    flax       nn.RNN(LSTMCell | OptimizedLSTMCell | GRUCell | SimpleCell) + nn.Dense, same step
+    torch      nn.LSTM | GRU | RNN + nn.Linear + torch.optim.Adam, as users run it (default
+               environment), and again under tuned glibc malloc (MALLOC_MMAP_MAX_=0
+               MALLOC_ARENA_MAX=1 MALLOC_TRIM_THRESHOLD_=64G), which made it much faster on these VMs
+    roofline   the same matmul shapes as a training step's (forward [B,H]x[H,G] and [B,D]x[D,G],
+               backward [B,G]x[G,H], weight gradients [H,B]x[B,G] and [D,B]x[B,G]) in a lax.scan
+               with the same dependency chain and nothing else: the rate an RNN step can hope for
+
+at shapes T (B16,T100,H32), S (B64,T100,H128), L (B64,T1000,H128), W (B256,T200,H256). Every row
+runs in its own process (so peak memory is its own; torch's allocator setting needs a fresh
+process), one after another in this one sitting: the machines are shared and noisy, so compare the
+ratios printed together, never numbers from different runs. GFLOP/s counts matmul FLOPs only:
+2 B T G (2D + 3H) per step (G = 4H for the LSTM, 3H for the GRU, H for the tanh RNN).
+
+Other modes: ``--levers`` (hoisting the input projection, unroll), ``--diagnostics`` (cost of the
+gradient diagnostics), ``--parallel`` (associative_scan vs sequential for minGRU, minLSTM, LRU),
+``--smoke`` (a seconds-long run of every implementation at a tiny shape, in this process: CI runs it).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import json
+import os
+import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from typing import Any
 
-SHAPES = {"T": (16, 100, 32), "S": (64, 100, 128), "L": (64, 1000, 128), "W": (256, 200, 256)}
+SHAPES = {"T": (16, 100, 32), "S": (64, 100, 128), "L": (64, 1000, 128), "W": (256, 200, 256),
+          "tiny": (2, 5, 4)}
 INPUT_DIM = 8
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}
+FLAX_CELLS = {"lstm": ("LSTMCell", "OptimizedLSTMCell"), "gru": ("GRUCell",), "rnn": ("SimpleCell",)}
+TORCH_CELLS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
+TUNED_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_ARENA_MAX": "1", "MALLOC_TRIM_THRESHOLD_": str(64 << 30)}
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc mallopt parameters (malloc.h)
+
+
+def tune_malloc() -> bool:
+    """glibc malloc as TUNED_MALLOC sets it, from inside a running process (``mallopt``): no mmap'd
+    chunks, one arena, never trim. Big temporaries are then reused instead of being mapped and
+    unmapped each step, which costs page faults (expensive in these VMs). Returns whether it took."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return all(libc.mallopt(p, v) == 1 for p, v in ((_M_MMAP_MAX, 0), (_M_ARENA_MAX, 1),
+                                                     (_M_TRIM_THRESHOLD, 64 << 30)))
+
+
+def matmul_flops(cell: str, shape: tuple[int, int, int], input_dim: int = INPUT_DIM) -> int:
+    """Matmul FLOPs of one training step (see the module docstring)."""
+    B, T, H = shape
+    G = GATES[cell] * H
+    return 2 * B * T * G * (2 * input_dim + 3 * H)
+
+
+def _rss_mb() -> float:
+    """Peak resident memory of this process so far, MB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _time_steps(run_steps, repeats: int, target_s: float = 0.25) -> dict[str, Any]:
+    """Time ``run_steps(n)`` (n training steps, blocking until done): the first call separately (compile,
+    warm-up), then ``repeats`` timings of n steps each, n chosen so a timing lasts about ``target_s``."""
+    t0 = time.perf_counter()
+    run_steps(1)
+    first_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    run_steps(1)
+    one = time.perf_counter() - t0
+    n = max(1, min(200, round(target_s / max(one, 1e-6))))
+    per_step = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run_steps(n)
+        per_step.append((time.perf_counter() - t0) / n)
+    rates = sorted(1.0 / s for s in per_step)
+    return {"steps_per_s": statistics.median(rates), "min": rates[0], "max": rates[-1], "first_call_s": first_s,
+            "steps_per_timing": n}
+
+
+def _jax_step(apply_fn, params, shape, remat_note=""):
+    """A jitted train step over ``apply_fn(params, x) -> [B, 1]`` with Adam; data drawn inside."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    B, T, _ = shape
+    opt = optax.adam(1e-3)
+
+    def step(params, opt_state, i):
+        key = jax.random.fold_in(jax.random.key(0), i)
+        x = jax.random.normal(key, (B, T, INPUT_DIM))
+        y = jax.random.normal(jax.random.fold_in(key, 1), (B, 1))
+        loss, grads = jax.value_and_grad(lambda p: jnp.mean((apply_fn(p, x) - y) ** 2))(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    jitted = jax.jit(step, donate_argnums=(0, 1))
+    state = {"params": params, "opt": opt.init(params), "i": 0}
+
+    def run_steps(n: int) -> None:
+        loss = None
+        for _ in range(n):
+            state["params"], state["opt"], loss = jitted(state["params"], state["opt"], jnp.int32(state["i"]))
+            state["i"] += 1
+        jax.block_until_ready(loss)
+
+    return run_steps
+
+
+def _rnnbench_runner(cell: str, shape, remat: bool = False):
+    import jax
+
+    from rnnbench.cells.gru import gru
+    from rnnbench.cells.lstm import lstm
+    from rnnbench.cells.rnn import rnn
+    from rnnbench.model import make_model
+
+    factory = {"lstm": lstm, "gru": gru, "rnn": rnn}[cell]
+    model = make_model(factory, hidden_size=shape[2], output_dim=1, readout="last", remat=remat)
+    params = model.init(jax.random.key(0), INPUT_DIM)
+    return _jax_step(lambda p, x: model.apply(p, x), params, shape)
+
+
+def _flax_runner(cell_name: str, shape):
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    H = shape[2]
+    cell_cls = getattr(nn, cell_name)
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            hs = nn.RNN(cell_cls(features=H))(x)
+            return nn.Dense(1)(hs[:, -1])
+
+    net = Net()
+    params = net.init(jax.random.key(0), jnp.zeros((shape[0], shape[1], INPUT_DIM)))
+    return _jax_step(net.apply, params, shape)
+
+
+def _torch_runner(cell: str, shape):
+    import torch
+
+    B, T, H = shape
+    torch.manual_seed(0)
+    rnn = getattr(torch.nn, TORCH_CELLS[cell])(INPUT_DIM, H, batch_first=True)
+    head = torch.nn.Linear(H, 1)
+    opt = torch.optim.Adam([*rnn.parameters(), *head.parameters()], lr=1e-3)
+
+    def run_steps(n: int) -> None:
+        for _ in range(n):
+            x, y = torch.randn(B, T, INPUT_DIM), torch.randn(B, 1)
+            out, _ = rnn(x)
+            loss = torch.nn.functional.mse_loss(head(out[:, -1]), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    return run_steps
+
+
+def _roofline_runner(cell: str, shape):
+    """The training step's matmul shapes in a scan, with its dependency chain (module docstring)."""
+    import jax
+    import jax.numpy as jnp
+
+    B, T, H = shape
+    G = GATES[cell] * H
+    keys = jax.random.split(jax.random.key(0), 4)
+    w_h = jax.random.normal(keys[0], (H, G)) / H**0.5
+    w_x = jax.random.normal(keys[1], (INPUT_DIM, G)) / INPUT_DIM**0.5
+    w_back = jax.random.normal(keys[2], (G, H)) / G**0.5
+    xs = jax.random.normal(keys[3], (T, B, INPUT_DIM))
+
+    def body(carry, x_t):
+        h, dw_h, dw_x = carry
+        g = h @ w_h + x_t @ w_x  # forward: [B,H]x[H,G] + [B,D]x[D,G]
+        dh = g @ w_back  # backward through the recurrence: [B,G]x[G,H]
+        dw_h = dw_h + h.T @ g  # weight gradients: [H,B]x[B,G], [D,B]x[B,G]
+        dw_x = dw_x + x_t.T @ g
+        return (jnp.tanh(dh), dw_h, dw_x), None
+
+    @jax.jit
+    def chain(h0):
+        (h, dw_h, dw_x), _ = jax.lax.scan(body, (h0, jnp.zeros((H, G)), jnp.zeros((INPUT_DIM, G))), xs)
+        return h, dw_h, dw_x
+
+    h0 = jnp.zeros((B, H))
+
+    def run_steps(n: int) -> None:
+        out = None
+        for _ in range(n):
+            out = chain(h0)
+        jax.block_until_ready(out)
+
+    return run_steps
+
+
+def worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Measure one row (in this process): ``spec`` = impl, cell, shape, repeats, and options."""
+    tuned = bool(spec.get("mallopt")) and tune_malloc()
+    shape = tuple(spec["shape"])
+    if spec.get("compile_cache"):
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", spec["compile_cache"])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    impl = spec["impl"]
+    if impl == "rnnbench":
+        runner = _rnnbench_runner(spec["cell"], shape, remat=spec.get("remat", False))
+    elif impl == "flax":
+        runner = _flax_runner(spec["flax_cell"], shape)
+    elif impl == "torch":
+        runner = _torch_runner(spec["cell"], shape)
+    elif impl == "roofline":
+        runner = _roofline_runner(spec["cell"], shape)
+    else:
+        raise ValueError(f"unknown impl {impl!r}")
+    rss_before = _rss_mb()
+    result = _time_steps(runner, spec["repeats"], spec.get("target_s", 0.25))
+    result.update(rss_before_mb=rss_before, peak_rss_mb=_rss_mb(), mallopt=tuned)
+    return result
+
+
+def _run_worker(spec: dict[str, Any], env: dict[str, str] | None = None, in_process: bool = False) -> dict[str, Any]:
+    if in_process:
+        return worker(spec)
+    out = subprocess.run([sys.executable, "-m", "rnnbench.bench", "--worker", json.dumps(spec)],
+                         env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        tail = out.stderr.strip().splitlines()[-1:] or ["no output"]
+        return {"error": tail[0]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _rows(cell: str, shape_name: str, with_torch: bool, smoke: bool) -> list[tuple[str, dict[str, Any], dict]]:
+    """(label, spec, extra env) for every implementation of one cell at one shape."""
+    rows = [(f"rnnbench {cell}", {"impl": "rnnbench", "cell": cell}, {})]
+    if not smoke:
+        rows.append((f"rnnbench {cell} + mallopt", {"impl": "rnnbench", "cell": cell, "mallopt": True}, {}))
+        if shape_name == "L":
+            rows.append((f"rnnbench {cell} remat", {"impl": "rnnbench", "cell": cell, "remat": True}, {}))
+    rows += [(f"flax {name}", {"impl": "flax", "cell": cell, "flax_cell": name}, {}) for name in FLAX_CELLS[cell]]
+    if with_torch:
+        rows.append((f"torch {TORCH_CELLS[cell]}", {"impl": "torch", "cell": cell}, {}))
+        if not smoke:
+            rows.append((f"torch {TORCH_CELLS[cell]}, tuned malloc", {"impl": "torch", "cell": cell}, TUNED_MALLOC))
+    rows.append(("roofline (matmuls only)", {"impl": "roofline", "cell": cell}, {}))
+    return rows
+
+
+def _torch_available() -> bool:
+    try:
+        import importlib.util
+
+        return importlib.util.find_spec("torch") is not None
+    except ValueError:
+        return False
+
+
+def compare(shape_names: list[str], cells: list[str], repeats: int, smoke: bool = False) -> list[dict[str, Any]]:
+    """Run and print the comparison table; returns its rows (``label``, ``cell``, ``shape`` and numbers)."""
+    import platform
+
+    with_torch = _torch_available()
+    print(f"rnnbench bench: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python "
+          f"{platform.python_version()}; train step = data + forward + backward + Adam, input size {INPUT_DIM}; "
+          f"median (min-max) steps/s of {repeats} timings; one process per row"
+          + ("" if with_torch else "; torch not installed (pip install -e '.[bench]')"), flush=True)
+    results = []
+    for shape_name in shape_names:
+        shape = SHAPES[shape_name]
+        B, T, H = shape
+        print(f"\nshape {shape_name}: B={B} T={T} H={H}")
+        print(f"{'implementation':34} {'steps/s':>9} {'min-max':>15} {'GFLOP/s':>8} {'of roof':>7} "
+              f"{'1st call s':>10} {'peak MB':>8} {'vs torch':>8} {'vs flax':>8}")
+        for cell in cells:
+            measured = []
+            for label, spec, env in _rows(cell, shape_name, with_torch, smoke):
+                spec = {**spec, "shape": list(shape), "repeats": repeats, "target_s": 0.05 if smoke else 0.25}
+                r = _run_worker(spec, env, in_process=smoke)
+                r.update(label=label, cell=cell, shape=shape_name, impl=spec["impl"], env=env)
+                measured.append(r)
+            roof = next((r for r in measured if r["impl"] == "roofline" and "error" not in r), None)
+            torch_ref = next((r for r in measured if r["impl"] == "torch" and not r["env"] and "error" not in r), None)
+            flax_best = max((r["steps_per_s"] for r in measured if r["impl"] == "flax" and "error" not in r),
+                            default=None)
+            flops = matmul_flops(cell, shape)
+            for r in measured:
+                if "error" in r:
+                    print(f"{r['label']:34} error: {r['error']}")
+                    continue
+                r["gflops"] = flops * r["steps_per_s"] / 1e9
+                model = r["impl"] != "roofline"  # the roofline is a rate, not a model: no ratios
+                r["vs_torch"] = r["steps_per_s"] / torch_ref["steps_per_s"] if torch_ref and model else None
+                r["vs_flax"] = r["steps_per_s"] / flax_best if flax_best and model else None
+                of_roof = f"{r['gflops'] / roof['gflops']:6.0%}" if roof and "gflops" in roof else "-"
+                spread = f"{r['min']:.2f}-{r['max']:.2f}"
+                print(f"{r['label']:34} {r['steps_per_s']:9.2f} {spread:>15} "
+                      f"{r['gflops']:8.1f} {of_roof:>7} {r['first_call_s']:10.2f} {r['peak_rss_mb']:8.0f} "
+                      f"{_ratio(r['vs_torch']):>8} {_ratio(r['vs_flax']):>8}", flush=True)
+            results.extend(measured)
+    return results
+
+
+def _ratio(x: float | None) -> str:
+    return f"{x:.2f}x" if x is not None else "-"
+
+
+def compile_cache_effect(shape_name: str = "S") -> None:
+    """First vs second process compiling the same rnnbench LSTM with a fresh persistent cache, and the
+    first-call time at T=100 vs T=1000 (compile time must stay flat in T)."""
+    print("\ncompile: first call of a new process (trace + compile + one step), rnnbench lstm")
+    with tempfile.TemporaryDirectory() as cache:
+        spec = {"impl": "rnnbench", "cell": "lstm", "shape": list(SHAPES[shape_name]), "repeats": 1,
+                "target_s": 0.01, "compile_cache": cache}
+        cold, warm = _run_worker(spec), _run_worker(spec)
+    print(f"  persistent cache, shape {shape_name}: 1st process {cold['first_call_s']:.2f} s, "
+          f"2nd process {warm['first_call_s']:.2f} s")
+    short, long_ = (_run_worker({"impl": "rnnbench", "cell": "lstm", "shape": list(SHAPES[s]), "repeats": 1,
+                                 "target_s": 0.01}) for s in ("S", "L"))
+    ratio = long_["first_call_s"] / short["first_call_s"]
+    print(f"  T=100 {short['first_call_s']:.2f} s vs T=1000 {long_['first_call_s']:.2f} s (one step at T=1000 is "
+          f"{1 / long_['steps_per_s']:.2f} s of that): {ratio:.2f}x", flush=True)
+
+
+# --- levers that decided defaults -------------------------------------------------------------------------
 
 
 def _step_fn(cell_factory, hidden, hoist, unroll):
@@ -54,6 +384,28 @@ def measure(cell_factory, shape, hoist, unroll, repeats):
         jax.block_until_ready(loss)
         times.append(time.perf_counter() - t0)
     return statistics.median(times), min(times), max(times), compile_s
+
+
+def levers(shape, cells: list[str], repeats: int) -> None:
+    """Hoisting the input projection and ``unroll``, per cell, against computing x W inside the step."""
+    import jax
+
+    from rnnbench.cells.gru import gru
+    from rnnbench.cells.lstm import lstm
+    from rnnbench.cells.rnn import rnn
+
+    factories = {"rnn": rnn, "lstm": lstm, "gru": gru}
+    print(f"backend {jax.default_backend()}, shape (B, T, H) = {shape}, input {INPUT_DIM}, "
+          f"train step = forward + backward + Adam, median of {repeats}")
+    print(f"{'cell':6} {'variant':18} {'ms/step':>9} {'min-max':>15} {'compile s':>9} {'vs inside,u1':>12}")
+    for name in cells:
+        base = None
+        for hoist, unroll in [(False, 1), (True, 1), (False, 2), (False, 4), (True, 4)]:
+            med, lo, hi, comp = measure(factories[name], shape, hoist, unroll, repeats)
+            base = base or med
+            variant = f"{'hoisted' if hoist else 'inside'}, unroll {unroll}"
+            print(f"{name:6} {variant:18} {med * 1e3:9.2f} {f'{lo * 1e3:.2f}-{hi * 1e3:.2f}':>15} {comp:9.2f} "
+                  f"{base / med:11.2f}x", flush=True)
 
 
 def diagnostics_overhead(shape, repeats: int, every: int) -> None:
@@ -108,38 +460,42 @@ def parallel_vs_sequential(shape, repeats: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rnnbench.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="S", help="T, S, L or W (B, T, H below)")
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--cells", default="rnn,lstm,gru")
+    parser.add_argument("--shapes", default="T,S,L,W", help="comma-separated: T, S, L, W (B, T, H in the docstring)")
+    parser.add_argument("--cells", default="lstm,gru,rnn")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--smoke", action="store_true", help="every implementation at a tiny shape, in-process")
+    parser.add_argument("--json", help="also write the rows to this JSON file")
+    parser.add_argument("--levers", action="store_true", help="hoisting and unroll instead (--shape)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="S",
+                        help="the shape for --levers, --diagnostics and --parallel")
     parser.add_argument("--diagnostics", action="store_true", help="time the gradient diagnostics instead")
     parser.add_argument("--every", type=int, default=500, help="diagnostics.every for the slowdown column")
     parser.add_argument("--parallel", action="store_true",
                         help="time the parallel (associative_scan) form of minGRU, minLSTM and LRU instead")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))), flush=True)
+        return
+    cells = args.cells.split(",")
+    unknown = [c for c in cells if c not in GATES]
+    shapes = ["tiny"] if args.smoke else args.shapes.split(",")
+    bad_shapes = [s for s in shapes if s not in SHAPES]
+    if unknown or bad_shapes:
+        parser.error(f"unknown cell {unknown[0]!r}; choose from: {', '.join(GATES)}" if unknown
+                     else f"unknown shape {bad_shapes[0]!r}; choose from: T, S, L, W")
+    if args.levers:
+        return levers(SHAPES[args.shape], cells, args.repeats)
     if args.diagnostics:
         return diagnostics_overhead(SHAPES[args.shape], args.repeats, args.every)
     if args.parallel:
         return parallel_vs_sequential(SHAPES[args.shape], args.repeats)
-
-    import jax
-
-    from rnnbench.cells.gru import gru
-    from rnnbench.cells.lstm import lstm
-    from rnnbench.cells.rnn import rnn
-
-    factories = {"rnn": rnn, "lstm": lstm, "gru": gru}
-    shape = SHAPES[args.shape]
-    print(f"backend {jax.default_backend()}, shape {args.shape} (B, T, H) = {shape}, input {INPUT_DIM}, "
-          f"train step = forward + backward + Adam, median of {args.repeats}")
-    print(f"{'cell':6} {'variant':18} {'ms/step':>9} {'min-max':>15} {'compile s':>9} {'vs inside,u1':>12}")
-    for name in args.cells.split(","):
-        base = None
-        for hoist, unroll in [(False, 1), (True, 1), (False, 2), (False, 4), (True, 4)]:
-            med, lo, hi, comp = measure(factories[name], shape, hoist, unroll, args.repeats)
-            base = base or med
-            variant = f"{'hoisted' if hoist else 'inside'}, unroll {unroll}"
-            print(f"{name:6} {variant:18} {med * 1e3:9.2f} {f'{lo * 1e3:.2f}-{hi * 1e3:.2f}':>15} {comp:9.2f} "
-                  f"{base / med:11.2f}x", flush=True)
+    rows = compare(shapes, cells, 2 if args.smoke else args.repeats, smoke=args.smoke)
+    if not args.smoke:
+        compile_cache_effect()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
 
 
 if __name__ == "__main__":

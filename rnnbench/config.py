@@ -33,10 +33,11 @@ class WandbMode(Enum):
     disabled = "disabled"
 
 
-class SeedParallel(Enum):
+class SeedParallelism(Enum):
     auto = "auto"
-    map = "map"
     vmap = "vmap"
+    map = "map"
+    loop = "loop"
 
 
 @dataclass
@@ -46,6 +47,7 @@ class ModelConfig:
     dropout: float = 0.0
     unroll: int = 1
     hoist_input: bool | None = None  # None: decided per backend (see rnnbench/scan.py)
+    remat: bool = False  # recompute each step's gates in the backward pass (jax.checkpoint): less memory
     param_budget: int | None = None  # set: hidden_size is chosen so the model has ~this many parameters
 
 
@@ -56,7 +58,8 @@ class TrainConfig:
     num_seeds: int = 1
     eval_every: int = 100
     eval_size: int = 512
-    seed_parallel: SeedParallel = SeedParallel.auto
+    seed_parallelism: SeedParallelism = SeedParallelism.auto
+    shard_seeds: bool | None = None  # None: split the seeds across the devices when there are several and K fits
     progress: bool | None = None  # None: a progress bar when stderr is a terminal
     compile_cache: str | None = "~/.cache/rnnbench/jax"  # None: no persistent compilation cache
     skip_nonfinite_updates: bool = False  # true: skip updates whose gradient is NaN/Inf instead of stopping the seed

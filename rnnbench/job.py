@@ -205,6 +205,13 @@ def run_job(cfg: DictConfig, run_dir: Path, *, names: dict[str, str], group: str
             optimizer = optax.apply_if_finite(optimizer, max_consecutive_errors=2**31 - 1)
         if cfg.model.param_budget is not None:
             _size_to_budget(cfg, cell_factory, task, bidirectional)
+        if cfg.train.shard_seeds:  # the device count is known only to JAX: check it before any work
+            from rnnbench.train import seed_mesh
+
+            try:
+                seed_mesh(cfg.train.num_seeds, True)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         plain = to_plain(cfg)
         previous = previous_run(run_dir)
         if previous is not None:
@@ -241,7 +248,8 @@ def _run_locked(cfg: DictConfig, run_dir: Path, *, names: dict[str, str], group:
 
     model = make_model(cell_factory, hidden_size=cfg.model.hidden_size, output_dim=task.output_dim,
                        readout=task.readout, num_layers=cfg.model.num_layers, bidirectional=bidirectional,
-                       dropout=cfg.model.dropout, unroll=cfg.model.unroll, hoist_input=cfg.model.hoist_input)
+                       dropout=cfg.model.dropout, unroll=cfg.model.unroll, hoist_input=cfg.model.hoist_input,
+                       remat=cfg.model.remat)
     seeds = list(range(cfg.seed, cfg.seed + cfg.train.num_seeds))
     checkpoints = CheckpointManager(run_dir, keep=cfg.train.keep_checkpoints)
     # Resuming: the newest checkpoint, and the metrics files cut back to it (to nothing without one:
@@ -311,7 +319,8 @@ def _run_locked(cfg: DictConfig, run_dir: Path, *, names: dict[str, str], group:
                     model, task, optimizer, seed=cfg.seed, num_seeds=cfg.train.num_seeds,
                     steps=cfg.train.steps, batch_size=cfg.train.batch_size,
                     eval_every=cfg.train.eval_every, eval_size=cfg.train.eval_size,
-                    dropout=cfg.model.dropout > 0, seed_parallel=cfg.train.seed_parallel.value,
+                    dropout=cfg.model.dropout > 0, seed_parallelism=cfg.train.seed_parallelism.value,
+                    shard_seeds=cfg.train.shard_seeds,
                     clip_norm=float(plugin_setting(cfg.optim, "optim", "clip_norm", 0.0)),
                     diagnostics_every=d.every, diagnostics_batch=d.batch_size,
                     diagnostics_options=diagnostics_options, eval_tasks=eval_tasks,

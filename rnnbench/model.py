@@ -47,6 +47,7 @@ def make_model(
     dropout: float = 0.0,
     unroll: int = 1,
     hoist_input: bool | None = None,
+    remat: bool = False,
 ) -> Model:
     """Build the model; ``cell_factory(hidden_size) -> Cell`` is called once per direction and layer."""
     check_positive_int("model.hidden_size", hidden_size)
@@ -76,7 +77,8 @@ def make_model(
 
     def apply(params: Params, x: Array, mask: Array | None = None, *, dropout_key: PRNGKey | None = None) -> Array:
         hs, summary = scan_stack(layers, params["layers"], x, mask, dropout_rate=dropout,
-                                 dropout_key=dropout_key, unroll=unroll, hoist_input=hoist_input)
+                                 dropout_key=dropout_key, unroll=unroll, hoist_input=hoist_input,
+                                 remat=remat)
         return head(params, hs, summary)
 
     return Model(init, apply, layers, head)

@@ -17,6 +17,11 @@ Parallel form. A cell linear in its state may carry ``cell.parallel`` (``cells/l
 the input projection is hoisted and the whole sequence runs as one ``associative_scan``. The
 diagnostics, which perturb and probe every step, run the same cell step by step (``step`` and
 ``parallel`` are tested equal).
+
+Rematerialisation. ``remat=True`` wraps the scan body in ``jax.checkpoint``: the backward pass then
+recomputes each step's gates from the saved carry instead of storing them, trading about one extra
+forward pass for memory that no longer grows with the gates of every step (``make bench`` measures
+both at T=1000).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ def scan_cell(
     carry: Carry | None = None,
     unroll: int = 1,
     hoist_input: bool | None = None,
+    remat: bool = False,
 ) -> tuple[Carry, Array]:
     """Run ``cell`` over ``xs [B, T, D]``; returns ``(final carry, hs [B, T, H])``.
 
@@ -58,7 +64,7 @@ def scan_cell(
     carry and zeroes the output on padded steps. ``carry`` defaults to ``cell.initial_carry``.
     """
     carry, hs, _ = scan_cell_observed(cell, params, xs, mask, reverse=reverse, carry=carry, unroll=unroll,
-                                      hoist_input=hoist_input)
+                                      hoist_input=hoist_input, remat=remat)
     return carry, hs
 
 
@@ -72,6 +78,7 @@ def scan_cell_observed(
     carry: Carry | None = None,
     unroll: int = 1,
     hoist_input: bool | None = None,
+    remat: bool = False,
     perturb: Carry | None = None,
     probe: Callable[[Carry, Array], Any] | None = None,
 ) -> tuple[Carry, Array, Any]:
@@ -119,7 +126,8 @@ def scan_cell_observed(
             return new_c, h
         return new_c, (h, probe(c, inp if hoist_input else cell.project_input(params, inp)))
 
-    carry, out = jax.lax.scan(body, carry, per_step, reverse=reverse, unroll=unroll)
+    carry, out = jax.lax.scan(jax.checkpoint(body) if remat else body, carry, per_step, reverse=reverse,
+                              unroll=unroll)
     hs, probes = out if probe is not None else (out, None)
     return carry, jnp.swapaxes(hs, 0, 1), probes
 

@@ -8,9 +8,11 @@ measured, not mixed into steps/s), with the state donated.
 
 Seeds. Seed s has its own init, data stream, held-out evaluation set and dropout stream, all derived
 from ``jax.random.key(s)``; ``train.num_seeds=K`` trains seeds seed .. seed+K-1 in ONE program by
-mapping the per-seed chunk over a leading seed axis. ``lax.map`` (a loop inside the program) is the
-default on CPU, where ``jax.vmap``'s batched dots measured slower than running seeds one after another;
-``vmap`` is the default on accelerators. Either way a seed's numbers equal that seed trained alone.
+mapping the per-seed chunk over a leading seed axis (``train.seed_parallelism``: ``vmap`` batches the
+seeds, ``map`` loops over them inside the program, ``loop`` traces K independent copies; ``auto`` is the
+mode chosen per backend by measurement, see ``SEED_PARALLELISM_AUTO``). With several devices the seed
+axis is split across them (``train.shard_seeds``, ``seed_mesh``), each device training its share with
+the chosen mode. Whatever the mode and placement, a seed's numbers equal that seed trained alone.
 """
 
 from __future__ import annotations
@@ -25,13 +27,40 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rnnbench.diagnostics import DEFAULT_OPTIONS, DiagnosticsOptions, diagnose
 from rnnbench.model import Model, count_params
 from rnnbench.tasks.base import Task
 from rnnbench.types import Params, PRNGKey
 
-SEED_PARALLEL = ("auto", "map", "vmap")
+SEED_PARALLELISM = ("auto", "vmap", "map", "loop")
+SEED_AXIS = "seed"  # the mesh axis the seeds are split over
+
+SEED_PARALLELISM_AUTO = {"cpu": "map"}  # any other backend (GPU, TPU): "vmap"
+"""What ``train.seed_parallelism=auto`` runs, per backend.
+
+CPU: ``map``, the mode that never cost more than K separate runs. ``make bench-seeds``
+(``rnnbench/bench_seeds.py``) on the 2-core CPU, jaxlib 0.10.2, shared with other jobs: one compiled
+chunk of adding-task training steps (data, forward, backward, Adam), K seeds against K x one seed
+alone (its ms per step in brackets), medians of 15 (T) and 7 (S) interleaved repeats; below 1.00x
+the K seeds beat K separate runs::
+
+    cell  shape (B, T, H)          K   vmap   map    loop
+    lstm  T (16, 100, 32)  [3.6]   4   0.88x  0.99x  1.01x
+                                   8   0.78x  0.98x  1.00x
+    gru   T                [3.3]   4   0.75x  0.86x  0.92x
+                                   8   0.72x  0.90x  0.93x
+    lstm  S (64, 100, 128) [68]    4   1.00x  0.94x  0.94x
+                                   8   0.97x  0.94x  0.89x
+    gru   S                [58]    4   0.96x  0.90x  0.89x
+                                   8   0.98x  0.89x  0.87x
+
+``vmap`` wins at the small shape but not at S (1.08-1.22x there in an earlier, busier run: XLA:CPU's
+batched dots and K-fold temporaries); ``loop`` matches ``map`` at S but compiles about twice as long
+at K=8 (15-19 s against 6-10 s) and reached 1.01x at T. GPU/TPU: ``vmap``, where batching the seeds
+fills the device (not measured here: this machine has no accelerator).
+"""
 
 
 class TrainState(NamedTuple):
@@ -88,11 +117,74 @@ def make_train_step(
     return train_step
 
 
+def resolve_seed_parallelism(seed_parallelism: str, backend: str | None = None) -> str:
+    """The mode ``vmap``, ``map`` or ``loop`` that ``seed_parallelism`` means on ``backend`` (default: JAX's)."""
+    if seed_parallelism not in SEED_PARALLELISM:
+        allowed = ", ".join(SEED_PARALLELISM)
+        raise ValueError(f"train.seed_parallelism={seed_parallelism!r} is not allowed; choose one of: {allowed}")
+    if seed_parallelism != "auto":
+        return seed_parallelism
+    return SEED_PARALLELISM_AUTO.get(backend or jax.default_backend(), "vmap")
+
+
 def _over_seeds(fn: Callable, how: str) -> Callable:
-    """Apply a one-seed function to arguments with a leading seed axis."""
-    if how == "vmap":
-        return jax.vmap(fn)
-    return lambda *args: jax.lax.map(lambda a: fn(*a), args)
+    """Apply a one-seed function to arguments with a leading seed axis [K, ...]; outputs get one too.
+
+    ``vmap`` batches every operation over the seeds; ``map`` (``lax.map``) runs the one-seed program K
+    times in a loop inside the program, compiled once; ``loop`` traces it K times, so the program holds
+    K independent copies that XLA may schedule side by side (compile time grows with K). One seed is
+    never mapped, whatever the mode: it runs as the one-seed program itself (measured on CPU: ``vmap``
+    over one seed cost up to 1.24x the plain program).
+    """
+
+    def over_seeds(*args):
+        num_seeds = jax.tree.leaves(args)[0].shape[0]
+        if how == "vmap" and num_seeds > 1:
+            return jax.vmap(fn)(*args)
+        if how == "map" and num_seeds > 1:
+            return jax.lax.map(lambda a: fn(*a), args)
+        outs = [fn(*jax.tree.map(lambda a, k=k: a[k], args)) for k in range(num_seeds)]
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+    return over_seeds
+
+
+def seed_mesh(num_seeds: int, shard_seeds: bool | None = None) -> Mesh | None:
+    """The 1-D device mesh (axis ``"seed"``) the seeds are split over, or None to keep them on one device.
+
+    ``shard_seeds=None`` shards when there is more than one device and ``num_seeds`` is a multiple of
+    the device count (every device then holds the same number of seeds: one program for all);
+    ``True`` insists (a one-line ValueError when it cannot be done); ``False`` never shards.
+    """
+    devices = jax.devices()
+    fits = num_seeds % len(devices) == 0
+    if shard_seeds is True and not fits:
+        raise ValueError(f"train.shard_seeds=true needs train.num_seeds ({num_seeds}) to be a multiple of the "
+                         f"{len(devices)} devices")
+    if shard_seeds is False or (shard_seeds is None and (len(devices) == 1 or not fits)):
+        return None
+    return Mesh(np.asarray(devices), (SEED_AXIS,))
+
+
+def _shard_over_seeds(fn: Callable, mesh: Mesh | None) -> Callable:
+    """``fn`` (arguments and outputs with a leading seed axis) run on each device's share of the seeds.
+
+    ``shard_map`` rather than sharding annotations on a jitted ``fn``: the partitioner cannot split
+    the iterations of ``lax.map`` (a ``while`` loop over seeds) across devices, while ``shard_map``
+    hands each device its own seeds explicitly, with no communication, whatever the mode inside.
+    ``check_vma=False``: the cells' and optimisers' constants (a zero initial carry in ``lax.scan``)
+    are not marked as varying over the seed axis, which the check would reject; with no collective
+    inside, every value is per device anyway.
+    """
+    if mesh is None:
+        return fn
+    spec = PartitionSpec(SEED_AXIS)
+    return jax.shard_map(fn, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)
+
+
+def seed_sharding(mesh: Mesh | None) -> NamedSharding | None:
+    """Where arrays with a leading seed axis live under ``mesh`` (None: JAX's default placement)."""
+    return None if mesh is None else NamedSharding(mesh, PartitionSpec(SEED_AXIS))
 
 
 class Trainer(NamedTuple):
@@ -112,15 +204,15 @@ def make_trainer(
     batch_size: int,
     eval_size: int,
     dropout: bool = False,
-    seed_parallel: str = "auto",
+    seed_parallelism: str = "auto",
+    mesh: Mesh | None = None,
     clip_norm: float = 0.0,
     diagnostics_batch: int = 64,
     diagnostics_options: DiagnosticsOptions = DEFAULT_OPTIONS,
 ) -> Trainer:
-    if seed_parallel not in SEED_PARALLEL:
-        allowed = ", ".join(SEED_PARALLEL)
-        raise ValueError(f"train.seed_parallel={seed_parallel!r} is not allowed; choose one of: {allowed}")
-    how = seed_parallel if seed_parallel != "auto" else ("map" if jax.default_backend() == "cpu" else "vmap")
+    """The programs for K seeds, mapped with ``seed_parallelism`` and, given a ``mesh`` (``seed_mesh``),
+    split across its devices; the seed axis must then be a multiple of the mesh size."""
+    how = resolve_seed_parallelism(seed_parallelism)
     train_step = make_train_step(model, task, optimizer, dropout, clip_norm)
     sample_eval = task.sample_eval or task.sample  # held-out data: a data set's test split
 
@@ -146,14 +238,20 @@ def make_trainer(
         batch = sample_eval(jax.random.fold_in(keys.eval, 1), diagnostics_batch)
         return diagnose(model, task.loss, params, batch, jax.random.fold_in(keys.eval, 2), diagnostics_options)
 
+    def over_seeds(fn: Callable, mode: str = how) -> Callable:
+        return _shard_over_seeds(_over_seeds(fn, mode), mesh)
+
     def chunk(state, keys, n):
-        return _over_seeds(lambda s, k: chunk_one(s, k, n), how)(state, keys)
+        return over_seeds(lambda s, k: chunk_one(s, k, n))(state, keys)
 
     return Trainer(
-        init=_over_seeds(init_one, how),
+        # The init is never vmapped: orthogonal initialisers call LAPACK's QR, and several batched QRs
+        # running side by side deadlocked XLA:CPU (each blocks a thread of the pool it fans out to; seen
+        # on 2 cores with jaxlib 0.10.2). It runs once, so one seed after another costs nothing that counts.
+        init=over_seeds(init_one, "map" if how == "vmap" else how),
         chunk=chunk,
-        evaluate=_over_seeds(evaluate_one, how),
-        diagnose=_over_seeds(diagnose_one, how),
+        evaluate=over_seeds(evaluate_one),
+        diagnose=over_seeds(diagnose_one),
     )
 
 
@@ -255,7 +353,8 @@ def fit(
     eval_every: int,
     eval_size: int,
     dropout: bool = False,
-    seed_parallel: str = "auto",
+    seed_parallelism: str = "auto",
+    shard_seeds: bool | None = None,
     clip_norm: float = 0.0,
     diagnostics_every: int = 0,
     diagnostics_batch: int = 64,
@@ -271,6 +370,10 @@ def fit(
     progress: Callable[[int, dict[str, float]], None] | None = None,
 ) -> FitResult:
     """Train ``num_seeds`` seeds together for ``steps`` steps, evaluating every ``eval_every`` steps.
+
+    The seeds share each program, mapped with ``seed_parallelism`` (``make_trainer``) and, with
+    ``shard_seeds`` (``seed_mesh``), split across the devices: then the state handed to
+    ``on_checkpoint`` is sharded over them, and a restored state is put back the same way.
 
     ``on_eval(step, records)`` receives one record per seed at step 0, every ``eval_every`` steps and
     at the end: step, seed, eval_loss, eval_metric, wall_time (seconds since start) and, over the steps
@@ -299,11 +402,17 @@ def fit(
     each chunk; a non-zero answer (a signal number) checkpoints that step and raises ``Interrupted``.
     """
     t_start = time.perf_counter()
+    mesh = seed_mesh(num_seeds, shard_seeds)
+    sharding = seed_sharding(mesh)
+
+    def place(tree):  # the compiled programs expect their inputs exactly where they were compiled for
+        return tree if sharding is None else jax.device_put(tree, sharding)
+
     trainer = make_trainer(model, task, optimizer, batch_size=batch_size, eval_size=eval_size, dropout=dropout,
-                           seed_parallel=seed_parallel, clip_norm=clip_norm, diagnostics_batch=diagnostics_batch,
-                           diagnostics_options=diagnostics_options)
+                           seed_parallelism=seed_parallelism, mesh=mesh, clip_norm=clip_norm,
+                           diagnostics_batch=diagnostics_batch, diagnostics_options=diagnostics_options)
     seeds = [seed + k for k in range(num_seeds)]
-    keys = jax.tree.map(lambda *ks: jnp.stack(ks), *[seed_keys(s) for s in seeds])
+    keys = place(jax.tree.map(lambda *ks: jnp.stack(ks), *[seed_keys(s) for s in seeds]))
 
     # Compile ahead of time: one program per distinct chunk length (at most two), evaluation and the
     # diagnostics; the compile time is reported on its own, never mixed into steps/s.
@@ -319,7 +428,8 @@ def fit(
     diagnose_all = jax.jit(trainer.diagnose).lower(state.params, keys).compile() if diagnostics_every else None
     length_evals = {
         length: jax.jit(make_trainer(model, other, optimizer, batch_size=batch_size, eval_size=eval_size,
-                                     seed_parallel=seed_parallel).evaluate).lower(state.params, keys).compile()
+                                     seed_parallelism=seed_parallelism, mesh=mesh).evaluate
+                         ).lower(state.params, keys).compile()
         for length, other in sorted((eval_tasks or {}).items())
     }
     compile_seconds = time.perf_counter() - t0
@@ -349,6 +459,7 @@ def fit(
     restored = restore(state) if restore is not None else None
     if restored is not None:
         state, loop = restored
+        state = place(state)
         done, last_diag_step = int(loop["step"]), int(loop["last_diag_step"])
         solved_at[:], diverged_at[:], frozen[:] = loop["solved_at"], loop["diverged_at"], loop["frozen"]
         last_eval = tuple(np.asarray(a, dtype=float) for a in loop["last_eval"])
@@ -429,7 +540,7 @@ def fit(
             def restore(new, old, keep_old=keep_old):  # every state leaf has the seed axis first
                 return jnp.where(keep_old.reshape((-1,) + (1,) * (new.ndim - 1)), old, new)
 
-            state = jax.tree.map(restore, state, before)
+            state = place(jax.tree.map(restore, state, before))
         del before
         all_diverged = all(d is not None for d in diverged_at)
         record(done, metrics, final=done == steps or all_diverged)

@@ -117,7 +117,8 @@ def test_bad_values_are_one_line_config_errors(compose, overrides, needle):
 
 
 @pytest.mark.parametrize("override", ["model.hiden_size=3", "seed=1.5", "logger.mode=ofline", "cell=foo",
-                                      "train.steps=abc", "cell.forgt_bias=2"])
+                                      "train.steps=abc", "cell.forgt_bias=2", "train.seed_parallelism=pmap",
+                                      "train.seed_parallel=map", "train.shard_seeds=maybe"])
 def test_typos_and_wrong_types_fail_at_composition(compose, override):
     with pytest.raises((HydraException, OmegaConfBaseException)):
         compose([override])

@@ -83,14 +83,14 @@ def test_same_seed_gives_identical_numbers():
     assert other[-1]["eval_loss"] != runs[0][-1]["eval_loss"]
 
 
-@pytest.mark.parametrize("how", ["map", "vmap"])
+@pytest.mark.parametrize("how", ["map", "vmap", "loop"])
 def test_seeds_in_parallel_equal_each_seed_trained_alone(how):
     task = adding(6)
     model = _setup(task, dropout=0.3, num_layers=2)
     opt = adam(40, lr=1e-2)
-    together = _fit(task, model, opt, seed=3, num_seeds=3, seed_parallel=how, dropout=True)[1]
+    together = _fit(task, model, opt, seed=3, num_seeds=3, seed_parallelism=how, dropout=True)[1]
     for s in (3, 4, 5):
-        alone = _fit(task, model, opt, seed=s, num_seeds=1, seed_parallel="map", dropout=True)[1]
+        alone = _fit(task, model, opt, seed=s, num_seeds=1, seed_parallelism="map", dropout=True)[1]
         mine = [r for r in together if r["seed"] == s]
         assert len(mine) == len(alone)
         for a, b in zip(mine, alone, strict=True):
