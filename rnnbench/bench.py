@@ -306,14 +306,17 @@ def compare(shape_names: list[str], cells: list[str], repeats: int, smoke: bool 
                             default=None)
             flops = matmul_flops(cell, shape)
             for r in measured:
+                if "error" not in r:
+                    r["gflops"] = flops * r["steps_per_s"] / 1e9
+            for r in measured:
                 if "error" in r:
                     print(f"{r['label']:34} error: {r['error']}")
                     continue
-                r["gflops"] = flops * r["steps_per_s"] / 1e9
                 model = r["impl"] != "roofline"  # the roofline is a rate, not a model: no ratios
                 r["vs_torch"] = r["steps_per_s"] / torch_ref["steps_per_s"] if torch_ref and model else None
                 r["vs_flax"] = r["steps_per_s"] / flax_best if flax_best and model else None
-                of_roof = f"{r['gflops'] / roof['gflops']:6.0%}" if roof and "gflops" in roof else "-"
+                r["of_roofline"] = r["gflops"] / roof["gflops"] if roof else None
+                of_roof = f"{r['of_roofline']:6.0%}" if roof else "-"
                 spread = f"{r['min']:.2f}-{r['max']:.2f}"
                 print(f"{r['label']:34} {r['steps_per_s']:9.2f} {spread:>15} "
                       f"{r['gflops']:8.1f} {of_roof:>7} {r['first_call_s']:10.2f} {r['peak_rss_mb']:8.0f} "

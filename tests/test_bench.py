@@ -33,6 +33,7 @@ def test_a_smoke_run_measures_every_implementation_with_consistent_ratios(capsys
     ours, flax_best = rows[0], max(r["steps_per_s"] for r in rows if r["impl"] == "flax")
     assert ours["vs_flax"] == pytest.approx(ours["steps_per_s"] / flax_best)
     assert rows[-1]["vs_flax"] is None  # the roofline is a rate, not a competitor
+    assert ours["of_roofline"] == pytest.approx(ours["gflops"] / rows[-1]["gflops"]) and rows[-1]["of_roofline"] == 1
     table = capsys.readouterr().out
     assert all(label in table for label in labels)
 
