@@ -96,9 +96,14 @@ def _wandb_host() -> tuple[str, int]:
 
 
 def wandb_unreachable(timeout: float) -> str | None:
-    """Why the W&B server cannot be reached (name lookup, TCP connect), or None when it can."""
+    """Why the W&B server cannot be reached (name lookup, TCP connect), or None when it can.
+
+    Behind a proxy a direct connection may fail while W&B (which honours the proxy) works: then this
+    says nothing and ``wandb.init``'s own ``init_timeout`` is the limit."""
     import socket
 
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")):
+        return None
     host, port = _wandb_host()
     try:
         socket.create_connection((host, port), timeout=timeout).close()
