@@ -320,7 +320,8 @@ def test_resuming_with_another_config_or_while_another_process_runs_is_refused(t
 
 
 def test_online_wandb_without_network_fails_in_seconds_or_falls_back_to_offline(tmp_path):
-    env = {"WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}  # a closed port: refused at once
+    env = {"WANDB_API_KEY": "x" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9",  # a closed port: refused at once
+           **{v: "" for v in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY")}}
     t0 = time.monotonic()
     out = rnnbench("logger.mode=online", "hydra.run.dir=out/run", "train.steps=10", *RUN, "diagnostics.every=0",
                    cwd=tmp_path, env=env)
