@@ -7,8 +7,11 @@ finds whichever exists, so the command works from any directory, editable instal
 
 Errors a user can fix (a bad option, W&B unable to start) print one line and exit with status 2;
 a job that fails while training exits with status 1 after recording the failure in its summary.json.
-In a multirun, a failing job is recorded and reported in one line and the sweep goes on; the command
-exits with status 1 at the end if any job failed.
+In a multirun, a failing job is recorded and reported in one line and the sweep goes on. At the end,
+the launching process reads every job's summary.json in the sweep directory, prints the comparison
+table and exits with status 1 if any job did not finish: the same with any launcher, whether the jobs
+ran in this process (Hydra's basic launcher) or in others (joblib, submitit: ``configs/hydra/launcher``),
+whose module state this process never sees.
 """
 
 from __future__ import annotations
@@ -29,7 +32,10 @@ from rnnbench.config import ConfigError, one_line, register_schemas
 
 EXIT_USAGE = 2
 EXIT_JOB_FAILED = 1
-_failed_jobs: list[str] = []  # jobs of this multirun that failed (each recorded in its summary.json)
+# Hydra's in-process launcher; every other launcher runs the jobs in processes of its own
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+PLUGIN_LAUNCHERS = ("joblib", "submitit_local", "submitit_slurm")  # the `launchers` extra's (pyproject.toml)
+_sweep_failures = ""  # set by SweepTable at the end of a multirun with unfinished jobs: the line that says so
 _jobs_started = 0  # how many jobs reached our code (an OSError before the first is Hydra making the run dir)
 
 
@@ -43,21 +49,56 @@ def config_dir() -> str:
 
 
 class SweepTable(Callback):
-    """At the end of a multirun, print the comparison table of the sweep's jobs."""
+    """At the end of a multirun, print the comparison table of the sweep's jobs and note the unfinished ones.
+
+    Hydra calls this in the launching process with any launcher, after every job has returned; it reads
+    what the jobs wrote (their summary.json), so it does not matter which process ran them. It covers the
+    whole sweep directory: jobs an earlier launch of the same sweep left there count too.
+    """
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from rnnbench.report import collect, comparison_table
 
+        global _sweep_failures
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = collect([sweep_dir])
         if rows:
             print(f"\n{comparison_table(rows)}\n\nruns in {sweep_dir}", flush=True)
+        unfinished = _unfinished_jobs(sweep_dir, rows)
+        if unfinished:
+            more = f"; and {len(unfinished) - 5} more" if len(unfinished) > 5 else ""
+            _sweep_failures = f"{len(unfinished)} job(s) failed: {'; '.join(unfinished[:5])}{more} -> {sweep_dir}"
+
+
+def _unfinished_jobs(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
+    """The sweep's jobs that did not run to their end, as ``job 1 (why)``: those whose summary.json says
+    so, and the job directories (Hydra's ``.hydra`` inside) with none, whose job stopped before training."""
+    from rnnbench.job import FINISHED
+
+    root = sweep_dir.resolve()
+    unfinished = []
+    for row in rows:
+        status = row.get("status")
+        if status == "failed":
+            unfinished.append((row["path"], " ".join(str(row.get("error", "failed")).split())[:200]))
+        elif status == "interrupted":
+            unfinished.append((row["path"], "interrupted; the same command resumes it"))
+        elif status == "running":  # (no job of this launch is running any more)
+            unfinished.append((row["path"], "stopped without recording its end; the same command resumes it"))
+        elif status not in FINISHED:
+            unfinished.append((row["path"], str(status)))
+    recorded = {Path(row["path"]).resolve() for row in rows}
+    for hydra_dir in sorted(sweep_dir.rglob(".hydra")):
+        if hydra_dir.parent.resolve() not in recorded:
+            unfinished.append((hydra_dir.parent, "no summary.json: it stopped before training; its error went to "
+                                                 "its stderr"))
+    return [f"job {Path(path).resolve().relative_to(root).as_posix()} ({why})" for path, why in unfinished]
 
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     from rnnbench.job import run_job
-    from rnnbench.logging import WandbError
+    from rnnbench.logging import SUMMARY_FILE, WandbError
 
     global _jobs_started
     _jobs_started += 1
@@ -68,29 +109,34 @@ def _hydra_main(cfg: DictConfig) -> None:
     try:
         summary = run_job(cfg, Path(hc.runtime.output_dir), names=names, group=group)
     except (ConfigError, WandbError) as e:
-        # Exit here rather than raise: Hydra would add a line of its own, and a bad option is the
-        # user's to fix before any job of a sweep runs on.
-        if os.environ.get("RNNBENCH_DEBUG") == "1":
+        # A bad option is the user's to fix before any job of a sweep runs on. In this process, exit
+        # here rather than raise: Hydra would add a line of its own. In a launcher's worker (joblib,
+        # submitit) raise: Hydra hands the error back to the launching process, whose main() says it
+        # in one line (after Hydra's line naming the job), and an exit would only end the worker.
+        if os.environ.get("RNNBENCH_DEBUG") == "1" or (multirun and hc.launcher._target_ != BASIC_LAUNCHER):
             raise
         print(f"rnnbench: error: {e}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     except Exception as e:
         if not multirun or os.environ.get("RNNBENCH_DEBUG") == "1":
             raise
-        # One job's failure must not end the sweep: its summary.json already says "failed" with the
-        # error and traceback; say so in one line and go on to the next job.
-        _failed_jobs.append(hc.runtime.output_dir)
-        print(f"rnnbench: job {hc.job.num} failed: {type(e).__name__}: {one_line(e)} "
-              f"(status and traceback in {hc.runtime.output_dir}/summary.json); the sweep goes on",
+        # One job's failure must not end the sweep: say so in one line and go on. Its summary.json
+        # says "failed", with the error and traceback, if training had started; either way the end
+        # of the multirun finds it (SweepTable), in this process or, with another launcher, in the parent.
+        summary_path = Path(hc.runtime.output_dir) / SUMMARY_FILE
+        where = (f"status and traceback in {summary_path}" if summary_path.exists()
+                 else f"it stopped before writing {summary_path}")
+        print(f"rnnbench: job {hc.job.num} failed: {type(e).__name__}: {one_line(e)} ({where}); the sweep goes on",
               file=sys.stderr, flush=True)
         return
     where = hc.runtime.output_dir
     if summary.get("skipped"):
         if summary.get("status") == "failed":  # failed earlier; it counts as a failure of this launch too
-            _failed_jobs.append(where)
             job = f"job {hc.job.num}" if multirun else "the run"
             print(f"rnnbench: {job} failed earlier ({summary.get('error', 'see its summary.json')}); skipped, "
                   f"train.rerun_failed=true reruns it -> {where}", file=sys.stderr, flush=True)
+            if not multirun:  # (a multirun's end finds it in its summary.json)
+                sys.exit(EXIT_JOB_FAILED)
         else:
             print(f"{summary.get('cell')} {summary.get('task')} T={summary.get('seq_len')}: {summary.get('status')} "
                   f"earlier; skipped -> {where}", flush=True)
@@ -116,6 +162,9 @@ def _usage_message(e: BaseException) -> str:
     cause = one_line(e.__cause__) if e.__cause__ is not None else ""
     if isinstance(e, MissingConfigException) and e.missing_cfg_file:
         group, _, name = e.missing_cfg_file.rpartition("/")
+        if group == "hydra/launcher" and name in PLUGIN_LAUNCHERS:  # (also the base of local_parallel and slurm)
+            return (f"hydra/launcher {name!r} is not installed: pip install 'rnnbench[launchers]' "
+                    "(hydra-joblib-launcher, hydra-submitit-launcher)")
         if group:
             return f"unknown {group} {name!r}; choose one of: {', '.join(e.options or [])}"
     if m := re.match(r"Could not override '([^']+)'", text):
@@ -143,9 +192,8 @@ def main() -> None:
     debug = os.environ.get("RNNBENCH_DEBUG") == "1"
     try:
         _hydra_main()
-        if _failed_jobs:
-            print(f"rnnbench: {len(_failed_jobs)} job(s) failed: {', '.join(_failed_jobs)}",
-                  file=sys.stderr)
+        if _sweep_failures:
+            print(f"rnnbench: {_sweep_failures}", file=sys.stderr)
             sys.exit(EXIT_JOB_FAILED)
     except (ConfigError, WandbError) as e:
         if debug:
