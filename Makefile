@@ -9,7 +9,7 @@ export JAX_PLATFORMS ?= cpu
 TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-full lint bench bench-levers bench-diagnostics bench-parallel bench-seeds sweep report cells clean
+.PHONY: help install demo test test-full lint bench bench-levers bench-diagnostics bench-parallel bench-seeds sweep report study cells clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -26,10 +26,10 @@ demo: install ## RNN vs LSTM vs GRU vs BiLSTM on adding and copy memory, then a 
 	$(BIN)/rnnbench sweep=demo
 
 test: install ## the fast test suite (slow convergence checks excluded), in TEST_WORKERS processes
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 test-full: install ## every test, including the slow convergence checks
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) -m "slow or not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup -m "slow or not slow"
 
 lint: install ## ruff
 	$(BIN)/ruff check rnnbench tests
@@ -55,8 +55,15 @@ cells: install ## list the cells with parameter counts: make cells ARGS="--input
 sweep: install ## a versioned sweep: make sweep SWEEP=demo [ARGS="task.seq_len=50"]
 	$(BIN)/rnnbench sweep=$(SWEEP) $(ARGS)
 
-report: install ## comparison table of run or sweep directories: make report DIR=outputs/demo/...
+report: install ## results.csv, report.md and figures of run or sweep directories: make report DIR=outputs/demo/...
 	$(BIN)/rnnbench-report $(DIR)
+
+STUDIES := lstm_gru_bilstm greff_ablation forget_bias modern_vs_classic
+study: install ## a canonical study, then its report into experiments/NAME/report: make study NAME=forget_bias
+	@case " $(STUDIES) " in *" $(NAME) "*) ;; *) echo "make study: NAME='$(NAME)' is not a study; choose one of: $(STUDIES)" >&2; exit 2;; esac
+	$(eval STAMP := $(shell date +%Y-%m-%d_%H-%M-%S))
+	$(BIN)/rnnbench sweep=$(NAME) hydra.sweep.dir=outputs/$(NAME)/$(STAMP) $(ARGS)
+	$(BIN)/rnnbench-report outputs/$(NAME)/$(STAMP) --out experiments/$(NAME)/report
 
 clean: ## remove build artefacts (keeps outputs/ and .venv)
 	rm -rf build dist .pytest_cache .ruff_cache

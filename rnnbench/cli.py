@@ -83,10 +83,10 @@ def _unfinished_jobs(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
             unfinished.append((row["path"], " ".join(str(row.get("error", "failed")).split())[:200]))
         elif status == "interrupted":
             unfinished.append((row["path"], "interrupted; the same command resumes it"))
-        elif status == "running":  # (no job of this launch is running any more)
+        elif status in ("running", "stopped"):  # (report.collect: "stopped" when nobody holds its lock)
             unfinished.append((row["path"], "stopped without recording its end; the same command resumes it"))
         elif status not in FINISHED:
-            unfinished.append((row["path"], str(status)))
+            unfinished.append((row["path"], str(row.get("error") or status)))
     recorded = {Path(row["path"]).resolve() for row in rows}
     for hydra_dir in sorted(sweep_dir.rglob(".hydra")):
         if hydra_dir.parent.resolve() not in recorded:

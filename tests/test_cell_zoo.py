@@ -49,6 +49,7 @@ from rnnbench.cells.indrnn import indrnn
 from rnnbench.cells.janet import janet
 from rnnbench.cells.linear_scan import linear_recurrence, log_linear_recurrence
 from rnnbench.cells.lru import lru
+from rnnbench.cells.lstm import lstm
 from rnnbench.cells.mgu import mgu
 from rnnbench.cells.minimal import mingru, minlstm
 from rnnbench.cells.mut import mut
@@ -451,6 +452,39 @@ def test_janet_chrono_forget_bias():
     for bad in (2, 1, 0, -5):
         with pytest.raises(ValueError, match=rf"chrono_t_max={bad}\b"):
             janet(4, chrono_t_max=bad)
+
+
+def test_lstm_chrono_forget_and_input_bias(compose):
+    """Tallec & Ollivier 2018, eq. 16: b_f ~ log U(1, T_max - 1), b_i = -b_f, the g and o biases 0."""
+    Hn, t_max = 2000, 80
+    init = _jit(lstm(Hn, forget_bias="chrono", chrono_t_max=t_max, recurrent_init="identity").init, static_argnums=1)
+    b = np.asarray(init(jax.random.key(0), 3)["b"], np.float64)
+    b_i, b_f, b_g, b_o = np.split(b, 4)  # gate order i, f, g, o (flax's LSTMCell)
+    assert np.log(1.0) <= b_f.min() and b_f.max() <= np.log(t_max - 1) + 1e-6
+    assert _ks_uniform(np.exp(b_f), 1.0, t_max - 1.0) < _ks_bound(Hn)
+    np.testing.assert_array_equal(b_i, -b_f)
+    np.testing.assert_array_equal(b_g, 0.0)
+    np.testing.assert_array_equal(b_o, 0.0)
+    # the characteristic forgetting time 1 / (1 - sigmoid(b_f)) = 1 + u spans 2..T_max
+    t_char = 1.0 / (1.0 - 1.0 / (1.0 + np.exp(-b_f)))
+    np.testing.assert_allclose(t_char, 1.0 + np.exp(b_f), rtol=1e-6)
+    # without chrono: the constant forget_bias on f only
+    b = np.asarray(lstm(3, forget_bias=0.0, recurrent_init="identity").init(jax.random.key(0), 2)["b"])
+    np.testing.assert_array_equal(b, np.zeros(12, np.float32))
+    plain = lstm(3, forget_bias=0.5, chrono_t_max=50, recurrent_init="identity")  # chrono_t_max unused here
+    np.testing.assert_array_equal(
+        np.asarray(plain.init(jax.random.key(0), 2)["b"]),
+        np.r_[np.zeros(3), np.full(3, 0.5), np.zeros(6)].astype(np.float32))
+    for bad in (2, 0, True, None):
+        with pytest.raises(ValueError, match=rf"chrono_t_max={bad}\b"):
+            lstm(4, forget_bias="chrono", chrono_t_max=bad)
+    with pytest.raises(ValueError, match=r"forget_bias='crono' must be a number or 'chrono'"):
+        lstm(4, forget_bias="crono")
+    # through the config, as the forget_bias study sets it: T_max is the task's length
+    cfg, factory, _ = _composed(compose, "cell=lstm", "cell.forget_bias=chrono", "task.seq_len=40")
+    assert cfg.cell.chrono_t_max == 40
+    b_f = np.split(np.asarray(factory(Hn, recurrent_init="identity").init(jax.random.key(1), 2)["b"]), 4)[1]
+    assert b_f.max() <= np.log(39) + 1e-6 and b_f.max() > np.log(38)
 
 
 def test_janet_config_chrono_follows_the_task_length(compose):
