@@ -277,7 +277,8 @@ class Group:
 
 
 def groups(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[int, Group]]]:
-    """``{task: {variant: {T: Group}}}`` over runs that have a task and a length."""
+    """``{task: {variant: {T: Group}}}`` over runs that have a task and a length. A group's ``runs`` are all
+    of them; its ``rows`` (the seeds the statistics use) only those of finished runs (completed or diverged)."""
     out: dict[str, dict[str, dict[int, Group]]] = {}
     for run in runs:
         if run.get("task") is None or run.get("seq_len") is None:
@@ -285,7 +286,9 @@ def groups(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> dict[str, 
         t, v, T = run["task_label"], run["variant"], int(run["seq_len"])
         g = out.setdefault(t, {}).setdefault(v, {}).setdefault(T, Group(t, v, T))
         g.runs.append(run)
-    for row in rows:
+    for row in rows:  # only finished runs' seeds are evidence; the others are listed with their status
+        if row["status"] not in FINISHED:
+            continue
         if row["task"] is not None and row["seq_len"] is not None and row["task"] in out:
             g = out[row["task"]].get(row["variant"], {}).get(int(row["seq_len"]))
             if g is not None:
@@ -357,10 +360,19 @@ def task_summary(task: str, by_variant: dict[str, dict[int, Group]], tests: list
         n, solved = sum(g.n for g in by_len.values()), sum(g.solved for g in by_len.values())
         top = largest_solved(by_len)
         ratios = {T: g.ratio for T, g in sorted(by_len.items()) if g.ratio is not None}
-        parts = [f"solved {solved}/{n} seeds over {_lengths(by_len)}"]
+        if n == 0:
+            statuses = sorted({str(run.get("status")) for g in by_len.values() for run in g.runs})
+            lines.append(f"{i}. **{v}**: solved 0/0 seeds: no finished run yet ({', '.join(statuses)}).")
+            continue
+        parts = [f"solved {solved}/{n} seeds over {_lengths(T for T, g in by_len.items() if g.n)}"]
         if top is not None:
             parts.append(f"most seeds solved it up to T={top}")
+        if ratios:
+            lo, hi = min(ratios.values()), max(ratios.values())
+            parts.append(f"median loss {fmt(lo, 2)}x baseline" if len(ratios) == 1 or fmt(lo, 2) == fmt(hi, 2)
+                         else f"median loss {fmt(lo, 2)}-{fmt(hi, 2)}x baseline")
         failed = [T for T, g in sorted(by_len.items()) if g.n and g.solved * 2 < g.n]
+        pending = [T for T, g in sorted(by_len.items()) if not g.n]
         if failed:
             worst = [f"T={T}: {fmt(ratios.get(T), 3)}x baseline" for T in failed if ratios.get(T) is not None]
             trivial = [T for T in failed if ratios.get(T) is not None and ratios[T] > 0.9]
@@ -371,6 +383,8 @@ def task_summary(task: str, by_variant: dict[str, dict[int, Group]], tests: list
         div = sum(g.diverged for g in by_len.values())
         if div:
             parts.append(f"{div} seed(s) diverged")
+        if pending:
+            parts.append(f"no finished run at {', '.join(f'T={T}' for T in pending)}")
         missing = [T for T in all_T if T not in by_len]
         if missing:
             parts.append(f"not run at {', '.join(f'T={T}' for T in missing)}")
@@ -557,11 +571,14 @@ def plot_loss_vs_length(task: str, by_variant: dict[str, dict[int, Group]], out:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors, drawn = _colors(list(by_variant)), False
     baselines: dict[int, float] = {}
+    thresholds: dict[int, float] = {}
     for v in rank_variants(by_variant):
         pts = [(T, g.loss_quartiles) for T, g in sorted(by_variant[v].items()) if g.loss_quartiles]
         for T, g in by_variant[v].items():
             if g.rows and g.rows[0].get("baseline_loss"):
                 baselines[T] = g.rows[0]["baseline_loss"]
+            if g.rows and _finite(g.rows[0].get("solved_threshold")):
+                thresholds[T] = g.rows[0]["solved_threshold"]
         if not pts:
             continue
         Ts = [T for T, _ in pts]
@@ -574,6 +591,9 @@ def plot_loss_vs_length(task: str, by_variant: dict[str, dict[int, Group]], out:
     if baselines:
         Ts = sorted(baselines)
         ax.plot(Ts, [baselines[T] for T in Ts], "k--", lw=1.5, label="trivial baseline")
+    if thresholds:
+        Ts = sorted(thresholds)
+        ax.plot(Ts, [thresholds[T] for T in Ts], ":", color="0.4", lw=1.5, label="solved below this")
     ax.set_yscale("log")
     _length_axis(ax, baselines or [T for by_len in by_variant.values() for T in by_len])
     ax.set_ylabel("final eval loss (median over seeds)")
@@ -804,9 +824,12 @@ def build_report(dirs: list[Path], out: Path, *, plots: bool = True) -> dict[str
                     made = plot_learning_curves(task, by_variant, tmp_dir / f"learning_curves_{slug}.png")
                     caption = "learning curves"
                 elif kind == "flow":
-                    T = max(T for by_len in by_variant.values() for T in by_len)
-                    longest = [run for by_len in by_variant.values() if T in by_len for run in by_len[T].runs]
-                    made = plot_gradient_flow(longest, tmp_dir / f"gradient_flow_{slug}.png", title=f"{task}, T={T}")
+                    done = [T for by_len in by_variant.values() for T, g in by_len.items() if g.rows]
+                    T = max(done, default=None)  # the longest length with finished runs
+                    longest = [run for by_len in by_variant.values() if T in by_len for run in by_len[T].runs
+                               if run.get("status") in FINISHED]
+                    made = (plot_gradient_flow(longest, tmp_dir / f"gradient_flow_{slug}.png", title=f"{task}, T={T}")
+                            if longest else None)
                     caption = f"gradient flow at T={T}"
                 else:
                     made = plot_horizon(task, by_variant, tmp_dir / f"gradient_horizon_{slug}.png")
