@@ -73,7 +73,7 @@ class SweepTable(Callback):
 def _unfinished_jobs(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
     """The sweep's jobs that did not run to their end, as ``job 1 (why)``: those whose summary.json says
     so, and the job directories (Hydra's ``.hydra`` inside) with none, whose job stopped before training."""
-    from rnnbench.job import FINISHED
+    from rnnbench.logging import FINISHED
 
     root = sweep_dir.resolve()
     unfinished = []

@@ -40,6 +40,8 @@ from rnnbench.config import (
 )
 from rnnbench.logging import (
     CONFIG_FILE,
+    FINISHED,
+    LOCK_FILE,
     METRICS_FILE,
     SUMMARY_FILE,
     RunLogger,
@@ -51,8 +53,6 @@ from rnnbench.logging import (
 log = logging.getLogger("rnnbench")
 
 
-LOCK_FILE = ".lock"
-FINISHED = ("completed", "diverged")
 # Keys a resumed run may change: they alter how a run is shown, stored or logged, never its numbers.
 RESUME_MAY_DIFFER = ("train.progress", "train.compile_cache", "train.checkpoint_every", "train.keep_checkpoints",
                      "train.rerun_failed", "logger.init_timeout", "logger.fallback_offline")

@@ -35,6 +35,8 @@ from rnnbench.checkpoint import crash_point
 METRICS_FILE = "metrics.jsonl"
 DIAGNOSTICS_FILE = "diagnostics.jsonl"
 SUMMARY_FILE = "summary.json"
+LOCK_FILE = ".lock"  # held (flock, exclusive) by the process training in the run directory
+FINISHED = ("completed", "diverged")  # the statuses of a summary.json whose run reached its end
 CONFIG_FILE = "config.yaml"
 
 

@@ -38,10 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rnnbench.logging import DIAGNOSTICS_FILE, METRICS_FILE, SUMMARY_FILE
+from rnnbench.logging import CONFIG_FILE, DIAGNOSTICS_FILE, FINISHED, LOCK_FILE, METRICS_FILE, SUMMARY_FILE
 
-LOCK_FILE = ".lock"  # (rnnbench.job.LOCK_FILE; not imported: job.py imports jax)
-FINISHED = ("completed", "diverged")
 # Overrides that never name a variant: the grouping keys themselves, and settings of display and storage
 # and the settings that change how a run is executed, measured or stored but not what it learns
 _NOT_A_VARIANT = re.compile(
@@ -98,7 +96,7 @@ def _overrides(run_dir: Path) -> list[tuple[str, str]]:
 
 
 def _target_steps(run_dir: Path) -> int | None:
-    path = run_dir / "config.yaml"
+    path = run_dir / CONFIG_FILE
     if not path.exists():
         return None
     from omegaconf import OmegaConf
@@ -151,10 +149,11 @@ def collect(dirs: Iterable[Path]) -> list[dict[str, Any]]:
 def label_runs(rows: list[dict[str, Any]]) -> None:
     """Set each row's ``variant`` (cell plus the overrides that vary across the runs, besides task,
     length and seed) and ``task_label`` (task plus its varied options other than the length)."""
+    keys = {k for row in rows for k, _ in row.get("overrides") or []}
     values: dict[str, set[str]] = defaultdict(set)
     for r in rows:
         ov = dict(r.get("overrides") or [])
-        for key in {k for row in rows for k, _ in row.get("overrides") or []}:
+        for key in keys:
             values[key].add(ov.get(key, "<default>"))
     varying = {k for k, v in values.items() if len(v) > 1 and not _NOT_A_VARIANT.match(k)}
     for r in rows:
@@ -342,8 +341,6 @@ def fmt(x: float | None, digits: int = 4) -> str:
     """Numbers as the report prints them (``digits`` significant digits); ``-`` for none."""
     return "-" if x is None else f"{x:.{digits}g}"
 
-
-_fmt = fmt
 
 
 def _lengths(Ts: Iterable[int]) -> str:
@@ -805,7 +802,8 @@ def build_report(dirs: list[Path], out: Path, *, plots: bool = True) -> dict[str
     tree = groups(rows, runs)
     files: dict[str, bytes] = {"results.csv": write_csv(rows).encode()}
     figures: dict[str, list[tuple[str, str]]] = defaultdict(list)  # section -> [(caption, file)]
-    with tempfile.TemporaryDirectory(prefix=".report-", dir=_writable_parent(out)) as tmp:
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".report-", dir=out) as tmp:  # (same file system: renames are atomic)
         tmp_dir = Path(tmp)
         if plots:
             from tqdm import tqdm
@@ -841,7 +839,6 @@ def build_report(dirs: list[Path], out: Path, *, plots: bool = True) -> dict[str
         files["report.md"] = render_markdown(dirs, runs, tree, figures).encode()
         for name, data in files.items():
             (tmp_dir / name).write_bytes(data)
-        out.mkdir(parents=True, exist_ok=True)
         ours = re.compile(r"^(results\.csv|report\.md|(loss_vs_length|solve_rate|learning_curves|gradient_flow|"
                           r"gradient_horizon)_.*\.png|cost\.png)$")
         written = sorted(p.name for p in tmp_dir.iterdir())
@@ -851,11 +848,6 @@ def build_report(dirs: list[Path], out: Path, *, plots: bool = True) -> dict[str
             if ours.match(stale.name) and stale.name not in written:
                 stale.unlink()
     return {"out": out, "files": written, "runs": runs, "rows": rows, "tree": tree}
-
-
-def _writable_parent(out: Path) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def render_markdown(dirs: list[Path], runs: list[dict[str, Any]], tree: dict[str, dict[str, dict[int, Group]]],
