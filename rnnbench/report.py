@@ -141,6 +141,7 @@ def collect(dirs: Iterable[Path]) -> list[dict[str, Any]]:
             rows.append({"status": "no summary", "path": str(run_dir), "seeds": [], "overrides": overrides,
                          "job": run_dir.relative_to(d).as_posix() if run_dir != d else d.name,
                          "cell": ov.get("cell"), "task": ov.get("task"),
+                         "seq_len": int(ov["task.seq_len"]) if ov.get("task.seq_len", "").isdigit() else None,
                          "error": "no summary.json: the job stopped before training (its error went to its stderr)"})
     return sorted(rows, key=lambda r: (r["status"] == "no summary", str(r.get("task")), r.get("seq_len") or 0,
                                        str(r.get("cell")), r["path"]))
