@@ -176,7 +176,7 @@ def diagnose(
     out.update(curve_statistics(leaf_curves[-1], options.horizon_threshold))
 
     # Recurrent Jacobian of the last layer's forward cell at sampled steps, over each span.
-    cell = last.forward
+    cell = last.forward._replace(sequence=None)  # step by step: a custom VJP has no forward mode (linearize)
     cell_params = params["layers"][-1] if last.backward is None else params["layers"][-1]["fwd"]
     fwd_probes = probes[-1] if last.backward is None else probes[-1]["fwd"]
     Bj = min(options.jacobian_batch, B)

@@ -18,6 +18,11 @@ the input projection is hoisted and the whole sequence runs as one ``associative
 diagnostics, which perturb and probe every step, run the same cell step by step (``step`` and
 ``parallel`` are tested equal).
 
+Whole-sequence form. A cell may carry ``cell.sequence`` instead (the LSTM's ``backward="fused"``): a
+step-by-step scan over the raw inputs with a backward pass written by hand (it projects the input
+itself, so ``hoist_input`` does not apply). The diagnostics run the cell step by step here too; so
+does ``remat=True``, whose point is memory.
+
 Rematerialisation. ``remat=True`` wraps the scan body in ``jax.checkpoint``: the backward pass then
 recomputes each step's gates from the saved carry instead of storing them, trading about one extra
 forward pass for memory that no longer grows with the gates of every step (``make bench`` measures
@@ -95,9 +100,12 @@ def scan_cell_observed(
     if carry is None:
         carry = cell.initial_carry(xs.shape[:1], xs.dtype)
     xs_tm = jnp.swapaxes(xs, 0, 1)  # [T, B, D]
-    if cell.parallel is not None and perturb is None and probe is None:
+    if perturb is None and probe is None and (cell.parallel is not None or (cell.sequence is not None and not remat)):
         mask_tm = None if mask is None else jnp.swapaxes(mask, 0, 1)
-        carry, hs = cell.parallel(params, carry, cell.project_input(params, xs_tm), mask_tm, reverse)
+        if cell.parallel is not None:
+            carry, hs = cell.parallel(params, carry, cell.project_input(params, xs_tm), mask_tm, reverse)
+        else:
+            carry, hs = cell.sequence(params, carry, xs_tm, mask_tm, reverse)
         return carry, jnp.swapaxes(hs, 0, 1), None
     if hoist_input:
         inputs, update = cell.project_input(params, xs_tm), cell.recurrence  # [T, B, G]

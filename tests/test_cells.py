@@ -344,7 +344,7 @@ _GREFF_SWITCHES = {"peepholes", "input_gate", "forget_gate", "output_gate", "inp
 REFERENCES: dict[Callable, tuple[set[str], Callable[[dict], Reference]]] = {
     rnn: ({"activation"} | _INIT_ONLY, lambda kw: Reference(np_rnn_step(kw.get("activation", "tanh")), 1)),
     lstm: (  # (chrono_t_max acts only with forget_bias="chrono", an initialisation test_cell_zoo.py checks)
-        {"forget_bias", "chrono_t_max"} | _INIT_ONLY,
+        {"forget_bias", "chrono_t_max", "backward"} | _INIT_ONLY,  # (backward: how gradients are computed)
         lambda kw: Reference(np_lstm_step, 4, bias_init={1: kw.get("forget_bias", 1.0)}, carry=(1, 1)),
     ),
     gru: ({"reset_after"} | _INIT_ONLY, _gru_reference),

@@ -20,7 +20,9 @@ dL/dh_t at (the LSTM's carry is ``(c, h)``). It is also the output, unless the c
 LRU's output is a readout of its complex state, ``y_t = Re(C x_t) + D u_t``.
 
 Cells linear in their state (minGRU, minLSTM, LRU) may also have ``parallel``: the whole sequence at
-once with ``jax.lax.associative_scan``, equal to the step-by-step scan to float tolerance.
+once with ``jax.lax.associative_scan``, equal to the step-by-step scan to float tolerance. A cell may
+instead have ``sequence``: the whole sequence (raw inputs, not projected) through one function with its
+own VJP (the LSTM's hand-written backward pass), equal to the step-by-step scan in value and gradient.
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ class Cell(NamedTuple):
       parallel: ``(params, carry, gx [T, B, G], mask [T, B] | None, reverse) -> (carry, hs [T, B, H])``,
         the scan over a whole (time-major, projected) sequence in O(log T) depth; None for cells that
         are nonlinear in their state, or when the cell was built with ``mode="sequential"``.
+      sequence: ``(params, carry, xs [T, B, D], mask [T, B] | None, reverse) -> (carry, hs [T, B, H])``,
+        the step-by-step scan over a whole (time-major, raw) sequence as one function with a
+        hand-written backward pass (the LSTM's ``backward="fused"``); None for the other cells.
     """
 
     init: Callable[[PRNGKey, int], Params]
@@ -64,6 +69,7 @@ class Cell(NamedTuple):
     gates: Callable[[Params, Carry, Array], dict[str, Array]] | None = None
     emit: Callable[[Params, Carry, Array], Array] | None = None
     parallel: Callable[..., tuple[Carry, Array]] | None = None
+    sequence: Callable[..., tuple[Carry, Array]] | None = None
 
 
 def make_cell(
@@ -77,6 +83,7 @@ def make_cell(
     gates: Callable[[Params, Carry, Array], dict[str, Array]] | None = None,
     emit: Callable[[Params, Carry, Array], Array] | None = None,
     parallel: Callable[..., tuple[Carry, Array]] | None = None,
+    sequence: Callable[..., tuple[Carry, Array]] | None = None,
 ) -> Cell:
     """Assemble a Cell whose ``step`` is ``recurrence`` after ``project_input`` (one definition)."""
     check_positive_int("hidden_size", hidden_size)
@@ -84,7 +91,8 @@ def make_cell(
     def step(params: Params, carry: Carry, x_t: Array) -> tuple[Carry, Array]:
         return recurrence(params, carry, project_input(params, x_t))
 
-    return Cell(init, initial_carry, step, hidden_size, project_input, recurrence, name, gates, emit, parallel)
+    return Cell(init, initial_carry, step, hidden_size, project_input, recurrence, name, gates, emit, parallel,
+                sequence)
 
 
 # --- initialisers ------------------------------------------------------------------------------
