@@ -88,8 +88,13 @@ def previous_run(run_dir: Path) -> dict[str, Any] | None:
     return None
 
 
-def check_same_config(run_dir: Path, plain: dict[str, Any]) -> None:
-    """Refuse, in one line, to resume a run directory with another config than its own."""
+def check_same_config(run_dir: Path, plain: dict[str, Any], *, skipping: bool = False) -> None:
+    """Refuse, in one line, to resume a run directory with another config than its own.
+
+    ``skipping``: the run is finished and will only be skipped. Then a key that only one of the two
+    configs has (an option a newer rnnbench added or removed since the run) is passed over, so that a
+    sweep started before an upgrade can be re-launched to finish its other jobs; a key both have must
+    still match. A run that will resume is held to every key."""
     path = run_dir / CONFIG_FILE
     if not path.exists():
         return
@@ -97,6 +102,8 @@ def check_same_config(run_dir: Path, plain: dict[str, Any]) -> None:
     new = _flatten(plain)
     for key in sorted(old.keys() | new.keys()):
         if key in RESUME_MAY_DIFFER or old.get(key, "<absent>") == new.get(key, "<absent>"):
+            continue
+        if skipping and (key not in old or key not in new):
             continue
         raise ConfigError(f"cannot resume {run_dir}: {key}={new.get(key, '<absent>')!r} differs from the run's "
                           f"{old.get(key, '<absent>')!r} (its {CONFIG_FILE}); rerun with the run's own settings "
@@ -215,9 +222,10 @@ def run_job(cfg: DictConfig, run_dir: Path, *, names: dict[str, str], group: str
         plain = to_plain(cfg)
         previous = previous_run(run_dir)
         if previous is not None:
-            check_same_config(run_dir, plain)
             status = previous.get("status")
-            if status in FINISHED or (status == "failed" and not cfg.train.rerun_failed):
+            skip = status in FINISHED or (status == "failed" and not cfg.train.rerun_failed)
+            check_same_config(run_dir, plain, skipping=skip)
+            if skip:
                 return {**previous, "skipped": True}
         wandb_mode = check_wandb_credentials(cfg.logger.mode.value, cfg.logger.fallback_offline,
                                              timeout=min(5.0, cfg.logger.init_timeout))

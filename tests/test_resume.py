@@ -311,6 +311,22 @@ def test_resuming_with_another_config_or_while_another_process_runs_is_refused(t
     # keys that change only how a run is shown or stored may differ: the finished run is just skipped
     out = rnnbench(*args, "train.progress=false", "train.keep_checkpoints=5", cwd=tmp_path)
     assert out.returncode == 0 and "completed earlier; skipped" in out.stdout
+    # a run made before an upgrade added an option (its config.yaml lacks the key, and has one since
+    # removed): the finished run is skipped, so a sweep begun before the upgrade can be finished
+    config = (run_dir / "config.yaml").read_text()
+    assert "\n  bidirectional: false\n" in config  # (the cell's, as an example of a key a version may add)
+    (run_dir / "config.yaml").write_text(config.replace("\n  bidirectional: false\n", "\n  retired_option: 3\n"))
+    out = rnnbench(*args, cwd=tmp_path)
+    assert out.returncode == 0 and "completed earlier; skipped" in out.stdout, out.stderr
+    # but a key both configs have must still match, and a run that would resume is held to every key
+    out = rnnbench(*args, "train.steps=30", cwd=tmp_path)
+    assert out.returncode == 2 and "train.steps=30 differs" in out.stderr
+    (run_dir / "summary.json").write_text(json.dumps({"status": "interrupted"}))
+    out = rnnbench(*args, cwd=tmp_path)
+    assert out.returncode == 2 and "cannot resume" in out.stderr and "bidirectional=False differs" in out.stderr, \
+        out.stderr
+    (run_dir / "config.yaml").write_text(config)
+    (run_dir / "summary.json").write_text(json.dumps({"status": "completed"}))
     with open(run_dir / ".lock") as held:  # another process holds the run directory
         fcntl.flock(held.fileno(), fcntl.LOCK_EX)
         (run_dir / "summary.json").write_text(json.dumps({"status": "running"}))
