@@ -315,15 +315,15 @@ def rank_variants(by_variant: dict[str, dict[int, Group]]) -> list[str]:
     return sorted(by_variant, key=key)
 
 
-def pairwise_tests(by_variant: dict[str, dict[int, Group]]) -> list[dict[str, Any]]:
-    """At each length, the variant with the lowest median loss against every other: Mann-Whitney over
-    the seeds' final eval losses."""
+def pairwise_tests(by_variant: dict[str, dict[int, Group]], reference: str | None = None) -> list[dict[str, Any]]:
+    """At each length, the variant with the lowest median loss (or ``reference``, where it ran) against
+    every other: Mann-Whitney over the seeds' final eval losses."""
     out = []
     for T in sorted({T for by_len in by_variant.values() for T in by_len}):
         here = {v: by_len[T] for v, by_len in by_variant.items() if T in by_len and len(by_len[T].losses) >= 1}
-        if len(here) < 2:
+        if len(here) < 2 or (reference is not None and reference not in here):
             continue
-        best = min(here, key=lambda v: (here[v].loss_quartiles[1], v))
+        best = reference or min(here, key=lambda v: (here[v].loss_quartiles[1], v))
         for v in sorted(here, key=lambda v: (here[v].loss_quartiles[1], v)):
             if v == best:
                 continue
@@ -364,7 +364,7 @@ def task_summary(task: str, by_variant: dict[str, dict[int, Group]], tests: list
             continue
         parts = [f"solved {solved}/{n} seeds over {_lengths(T for T, g in by_len.items() if g.n)}"]
         if top is not None:
-            parts.append(f"most seeds solved it up to T={top}")
+            parts.append(f"at least half the seeds solved it up to T={top}")
         if ratios:
             lo, hi = min(ratios.values()), max(ratios.values())
             parts.append(f"median loss {fmt(lo, 2)}x baseline" if len(ratios) == 1 or fmt(lo, 2) == fmt(hi, 2)
@@ -374,7 +374,7 @@ def task_summary(task: str, by_variant: dict[str, dict[int, Group]], tests: list
         if failed:
             worst = [f"T={T}: {fmt(ratios.get(T), 3)}x baseline" for T in failed if ratios.get(T) is not None]
             trivial = [T for T in failed if ratios.get(T) is not None and ratios[T] > 0.9]
-            parts.append(f"unsolved by most seeds at {', '.join(f'T={T}' for T in failed)}"
+            parts.append(f"unsolved by more than half the seeds at {', '.join(f'T={T}' for T in failed)}"
                          + (f" ({'; '.join(worst)})" if worst else ""))
             if trivial:
                 parts.append(f"no better than the trivial baseline at {', '.join(f'T={T}' for T in trivial)}")
@@ -435,8 +435,8 @@ def metric_table(by_variant: dict[str, dict[int, Group]], metric_name: str) -> s
     return f"Median eval {metric_name} over seeds:\n\n" + "\n".join(lines)
 
 
-def tests_table(tests: list[dict[str, Any]]) -> str:
-    header = ["T", "lowest median", "vs", "medians", "n", "U", "p"]
+def tests_table(tests: list[dict[str, Any]], first: str = "lowest median") -> str:
+    header = ["T", first, "vs", "medians", "n", "U", "p"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for t in tests:
         lines.append(f"| {t['seq_len']} | {t['better']} | {t['other']} | {fmt(t['median_better'])} vs "
@@ -794,11 +794,15 @@ def _status_lines(runs: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def build_report(dirs: list[Path], out: Path, *, plots: bool = True) -> dict[str, Any]:
+def build_report(dirs: list[Path], out: Path, *, plots: bool = True, reference: str | None = None) -> dict[str, Any]:
     """Read the runs under ``dirs`` and write ``results.csv``, ``report.md`` and the figures into
-    ``out``, each file atomically (a temp file renamed into place). Returns what it wrote."""
+    ``out``, each file atomically (a temp file renamed into place). Returns what it wrote.
+    ``reference``: a variant to test every other against too (ValueError if no run has it)."""
     runs = collect(dirs)
     label_runs(runs)
+    variants = sorted({str(r["variant"]) for r in runs})
+    if reference is not None and reference not in variants:
+        raise ValueError(f"--reference {reference!r} is not a variant of these runs; they are: {', '.join(variants)}")
     rows = result_rows(runs)
     tree = groups(rows, runs)
     files: dict[str, bytes] = {"results.csv": write_csv(rows).encode()}
@@ -837,7 +841,7 @@ def build_report(dirs: list[Path], out: Path, *, plots: bool = True) -> dict[str
                     figures[task].append((caption, made.name))
             if made := plot_cost(tree, tmp_dir / "cost.png"):
                 figures["cost"].append(("cost", made.name))
-        files["report.md"] = render_markdown(dirs, runs, tree, figures).encode()
+        files["report.md"] = render_markdown(dirs, runs, tree, figures, reference).encode()
         for name, data in files.items():
             (tmp_dir / name).write_bytes(data)
         ours = re.compile(r"^(results\.csv|report\.md|(loss_vs_length|solve_rate|learning_curves|gradient_flow|"
@@ -852,7 +856,7 @@ def build_report(dirs: list[Path], out: Path, *, plots: bool = True) -> dict[str
 
 
 def render_markdown(dirs: list[Path], runs: list[dict[str, Any]], tree: dict[str, dict[str, dict[int, Group]]],
-                    figures: dict[str, list[tuple[str, str]]]) -> str:
+                    figures: dict[str, list[tuple[str, str]]], reference: str | None = None) -> str:
     seeds = sorted({r.get("num_seeds") for r in runs if r.get("num_seeds")})
     md = ["# rnnbench report", "",
           f"Read from {', '.join(f'`{d}`' for d in dirs)} by `rnnbench-report`; every number below is in "
@@ -882,6 +886,10 @@ def render_markdown(dirs: list[Path], runs: list[dict[str, Any]], tree: dict[str
         if tests:
             md += ["Pairwise tests at each length: the variant with the lowest median loss against each other "
                    "(two-sided Mann-Whitney U over seeds' final eval losses):", "", tests_table(tests), ""]
+        ref_tests = pairwise_tests(by_variant, reference) if reference else []
+        if ref_tests:
+            md += [f"Against the reference, `{reference}`, at each length (two-sided Mann-Whitney U over seeds' "
+                   "final eval losses):", "", tests_table(ref_tests, "reference"), ""]
         for caption, name in figures.get(task, []):
             md += [f"![{task}: {caption}]({name})", ""]
     if tree:
@@ -900,6 +908,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("dirs", nargs="+", type=Path, help="run or sweep directories")
     parser.add_argument("--out", type=Path, help="where the report goes (default: the first DIR/report)")
     parser.add_argument("--no-plots", action="store_true", help="tables only (results.csv and report.md)")
+    parser.add_argument("--reference", metavar="VARIANT",
+                        help="also test every variant against this one at each length (e.g. peephole_lstm)")
     parser.add_argument("--plots", action="store_true", help=argparse.SUPPRESS)  # (figures are now the default)
     args = parser.parse_args(argv)
     missing = [str(d) for d in args.dirs if not d.is_dir()]
@@ -910,7 +920,9 @@ def main(argv: list[str] | None = None) -> None:
                        "give a run directory or a sweep directory of them\n")
     out = args.out or args.dirs[0] / "report"
     try:
-        result = build_report(args.dirs, out, plots=not args.no_plots)
+        result = build_report(args.dirs, out, plots=not args.no_plots, reference=args.reference)
+    except ValueError as e:
+        parser.exit(2, f"rnnbench-report: error: {e}\n")
     except OSError as e:
         parser.exit(2, f"rnnbench-report: error: cannot write the report to {out}: {e}\n")
     print(comparison_table(result["runs"]))

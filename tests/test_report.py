@@ -261,3 +261,27 @@ def test_bad_directories_fail_in_one_line(tmp_path):
                              timeout=120)
         assert out.returncode == 2 and message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not (tmp_path / "report").exists()
+
+
+def test_every_variant_against_a_reference(sweeps, tmp_path):
+    built = report.build_report([sweeps / "A", sweeps / "B"], tmp_path / "rep", plots=False, reference="rnn")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert {p.name for p in (tmp_path / "rep").iterdir()} == {"report.md", "results.csv"}  # --no-plots
+    section = md.split("\n## adding\n", 1)[1]
+    table = section.split("Against the reference, `rnn`, at each length", 1)[1].split("\n\n")[1].splitlines()
+    assert table[0].startswith("| T | reference | vs |")
+    rows = built["rows"]
+    for line in table[2:]:
+        T, ref, other, _, n, _, p = [c.strip() for c in line.strip("|").split("|")]
+        assert ref == "rnn"
+        a = [r["eval_loss"] for r in rows if r["variant"] == "rnn" and str(r["seq_len"]) == T and r["eval_loss"]]
+        b = [r["eval_loss"] for r in rows if r["variant"] == other and str(r["seq_len"]) == T and r["eval_loss"]
+             and r["status"] == "completed"]
+        assert n == f"{len(a)}, {len(b)}" and float(p) == pytest.approx(_exact_mann_whitney_p(a, b), rel=1e-3)
+    others = {line.split("|")[3].strip() for line in table[2:]}
+    assert others == {"gru", "lstm forget_bias=0", "lstm forget_bias=chrono"}
+    out = subprocess.run([sys.executable, "-m", "rnnbench.report", str(sweeps / "A"), "--reference", "lstmm",
+                          "--out", str(tmp_path / "bad")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "rnnbench-report: error: --reference 'lstmm' is not a variant of these runs; they are: gru, rnn"]
+    assert not (tmp_path / "bad").exists()
