@@ -62,11 +62,16 @@ report: install ## results.csv, report.md and figures of run or sweep directorie
 	$(BIN)/rnnbench-report $(DIR)
 
 STUDIES := lstm_gru_bilstm greff_ablation forget_bias modern_vs_classic
+# the variant each study's report tests every other against (rnnbench-report --reference)
+REF_lstm_gru_bilstm := lstm
+REF_greff_ablation := peephole_lstm
+REF_forget_bias := lstm forget_bias=1
+REF_modern_vs_classic := lstm
 study: install ## a canonical study, then its report into experiments/NAME/report: make study NAME=forget_bias
 	@case " $(STUDIES) " in *" $(NAME) "*) ;; *) echo "make study: NAME='$(NAME)' is not a study; choose one of: $(STUDIES)" >&2; exit 2;; esac
 	$(eval STAMP := $(shell date +%Y-%m-%d_%H-%M-%S))
 	$(BIN)/rnnbench sweep=$(NAME) hydra.sweep.dir=outputs/$(NAME)/$(STAMP) $(ARGS)
-	$(BIN)/rnnbench-report outputs/$(NAME)/$(STAMP) --out experiments/$(NAME)/report
+	$(BIN)/rnnbench-report outputs/$(NAME)/$(STAMP) --out experiments/$(NAME)/report $(if $(REF_$(NAME)),--reference "$(REF_$(NAME))")
 
 clean: ## remove build artefacts (keeps outputs/ and .venv)
 	rm -rf build dist .pytest_cache .ruff_cache
