@@ -50,7 +50,7 @@ CSV_COLUMNS = [
     "job", "run_dir", "status", "task", "seq_len", "cell", "variant", "optim", "hidden_size", "num_params",
     "param_budget", "num_layers", "bidirectional", "num_seeds", "seed", "seed_status", "eval_loss",
     "baseline_loss", "loss_ratio", "eval_metric", "metric_name", "solved", "solved_threshold",
-    "solved_at_step", "diverged_at_step", "grad_horizon", "grad_decay_rate", "steps", "target_steps",
+    "solved_at_step", "diverged_at_step", "grad_horizon", "grad_decay_rate", "task_seq_len", "steps", "target_steps",
     "steps_per_second", "compile_seconds", "wall_seconds", "length_eval", "error",
 ]
 SIG_LEVEL = 0.05
@@ -95,16 +95,24 @@ def _overrides(run_dir: Path) -> list[tuple[str, str]]:
     return out
 
 
-def _target_steps(run_dir: Path) -> int | None:
+def _from_config(run_dir: Path) -> tuple[int | None, int | None]:
+    """``(train.steps, task.seq_len)`` of the run's own config.yaml; None where it cannot be read."""
     path = run_dir / CONFIG_FILE
     if not path.exists():
-        return None
+        return None, None
     from omegaconf import OmegaConf
 
+    out = []
     try:
-        return int(OmegaConf.load(path).train.steps)
+        cfg = OmegaConf.load(path)
     except Exception:
-        return None
+        return None, None
+    for key in ("train.steps", "task.seq_len"):
+        try:
+            out.append(int(OmegaConf.select(cfg, key)))
+        except Exception:
+            out.append(None)
+    return out[0], out[1]
 
 
 def collect(dirs: Iterable[Path]) -> list[dict[str, Any]]:
@@ -127,6 +135,12 @@ def collect(dirs: Iterable[Path]) -> list[dict[str, Any]]:
                 summary = {"status": f"unreadable ({type(e).__name__})", "seeds": []}
             if summary.get("status") == "running" and not _lock_held(run_dir):
                 summary["status"] = "stopped"
+            # T is the length the run asked for (task.seq_len); the task's own longest sequence
+            # may differ (temporal order's lengths run T..1.1T), and is kept as task_seq_len
+            summary["target_steps"], nominal = _from_config(run_dir)
+            summary["task_seq_len"] = summary.get("seq_len")
+            if nominal is not None:
+                summary["seq_len"] = nominal
             summary["path"] = str(run_dir)
             summary["job"] = run_dir.relative_to(d).as_posix() if run_dir != d else d.name
             summary["overrides"] = _overrides(run_dir)
@@ -181,7 +195,8 @@ def result_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "bidirectional": r.get("bidirectional"), "num_seeds": r.get("num_seeds"),
             "baseline_loss": r.get("baseline_loss"), "metric_name": r.get("metric_name"),
             "solved_threshold": r.get("solved_threshold"), "steps": r.get("steps"),
-            "target_steps": _target_steps(Path(r["path"])), "steps_per_second": r.get("steps_per_second"),
+            "target_steps": r.get("target_steps"), "task_seq_len": r.get("task_seq_len"),
+            "steps_per_second": r.get("steps_per_second"),
             "compile_seconds": r.get("compile_seconds"), "wall_seconds": r.get("wall_seconds"),
             "error": " ".join(str(r.get("error", "")).split())[:300] or None,
         }
@@ -720,7 +735,6 @@ def plot_horizon(task: str, by_variant: dict[str, dict[int, Group]], out: Path) 
     if not drawn:
         plt.close(fig)
         return None
-    ax.plot(Ts, [T - 1 for T in Ts], "k:", lw=1, label="T - 1 (the whole sequence)")
     _length_axis(ax, Ts)
     ax.set_ylabel("gradient horizon at the end (lags)")
     ax.set_title(f"{task}: largest lag k with ||dL/dh_(T-k)|| / ||dL/dh_T|| above the threshold")
