@@ -680,8 +680,8 @@ def plot_learning_curves(task: str, by_variant: dict[str, dict[int, Group]], out
 
 
 def plot_gradient_flow(rows: list[dict[str, Any]], out: Path, title: str = "") -> Path | None:
-    """||dL/dh_{T-k}|| / ||dL/dh_T|| against the lag k (log scale), one line per run (median over seeds,
-    interquartile band), at the first and the last diagnostic step."""
+    """||dL/dh_{T-k}|| / max_t ||dL/dh_t|| against the lag k (log scale), one line per run (median over
+    seeds, interquartile band), at the first and the last diagnostic step."""
     import numpy as np
 
     plt = _plt()
@@ -696,8 +696,10 @@ def plot_gradient_flow(rows: list[dict[str, Any]], out: Path, title: str = "") -
         name = str(r.get("variant") or r.get("cell"))
         for ax, step in zip(axes, (steps[0], steps[-1]), strict=True):
             c = np.asarray(curves[step], dtype=float)[:, ::-1]  # [seeds, lag]
+            # relative to each seed's largest ||dL/dh_t||: the last step's, except where the last steps
+            # carry no loss (the look-ahead task's), whose gradient is 0
             with np.errstate(divide="ignore", invalid="ignore"):
-                ratio = c / c[:, :1]
+                ratio = c / np.nanmax(c, axis=1, keepdims=True)
             lag = np.arange(ratio.shape[1])
             label = name if title else f"{name} ({r.get('task')}, T={r.get('seq_len')})"
             ax.plot(lag, np.nanmedian(ratio, axis=0), color=colors[name], label=label)
@@ -709,7 +711,7 @@ def plot_gradient_flow(rows: list[dict[str, Any]], out: Path, title: str = "") -
         ax.set_yscale("log")
         ax.set_xlabel("lag k = T - t (steps back from the last)")
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("||dL/dh_{T-k}|| / ||dL/dh_T||")
+    axes[0].set_ylabel("||dL/dh_{T-k}|| / max_t ||dL/dh_t||")
     axes[1].legend(fontsize=8)
     fig.suptitle(f"Gradient flow through time{': ' + title if title else ''} "
                  "(median over seeds, band: interquartile range)")
