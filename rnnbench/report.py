@@ -285,11 +285,6 @@ class Group:
         q, base = self.loss_quartiles, self.rows[0].get("baseline_loss") if self.rows else None
         return q[1] / base if q and base else None
 
-    def run_median(self, key: str) -> float | None:
-        vals = [_finite(r.get(key)) for r in self.runs]
-        vals = [v for v in vals if v is not None]
-        return statistics.median(vals) if vals else None
-
 
 def groups(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[int, Group]]]:
     """``{task: {variant: {T: Group}}}`` over runs that have a task and a length. A group's ``runs`` are all

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_cli import rnnbench
+from test_cli import FAILING_JOB, rnnbench  # FAILING_JOB: the jobs with seq_len 7 fail while training
 
 from rnnbench import report
 
@@ -27,20 +27,6 @@ pytestmark = pytest.mark.xdist_group("report")
 
 SMALL = ["train.steps=30", "train.eval_every=10", "train.batch_size=16", "train.eval_size=32", "model.hidden_size=6",
          "diagnostics.every=10", "logger=none"]
-
-FAILING_AT_7 = """
-import sys
-import rnnbench.train as train
-real_fit = train.fit
-def fit(model, task, *args, **kwargs):  # the jobs with seq_len 7 fail while training
-    if task.seq_len == 7:
-        raise RuntimeError("injected failure")
-    return real_fit(model, task, *args, **kwargs)
-train.fit = fit
-from rnnbench.cli import main
-sys.argv = ["rnnbench", *sys.argv[1:]]
-main()
-"""
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +38,7 @@ def sweeps(tmp_path_factory):
                    *SMALL, cwd=root)
     assert out.returncode == 0, out.stderr
     script = root / "failing.py"
-    script.write_text(FAILING_AT_7)
+    script.write_text(FAILING_JOB)
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("RNNBENCH_DEBUG", None)
     out = subprocess.run([sys.executable, str(script), "-m", "cell=lstm", "cell.forget_bias=0,chrono",
