@@ -9,7 +9,7 @@ export JAX_PLATFORMS ?= cpu
 TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-full lint bench bench-levers bench-diagnostics bench-parallel bench-seeds bench-lstm-backward sweep report study cells clean
+.PHONY: help install demo test test-full lint bench bench-levers bench-diagnostics bench-parallel bench-seeds bench-backward sweep report study cells clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -49,8 +49,8 @@ bench-parallel: install ## parallel (associative_scan) vs sequential form of min
 bench-seeds: install ## K seeds in one program (vmap/map/loop) vs K separate runs: make bench-seeds ARGS="--shape S"
 	$(BIN)/python -m rnnbench.bench_seeds $(ARGS)
 
-bench-lstm-backward: install ## LSTM training step, hand-written backward (backward=fused) vs autodiff, interleaved
-	$(BIN)/python -m rnnbench.bench_lstm_backward $(ARGS)
+bench-backward: install ## LSTM, GRU, RNN training step: hand-written backward (backward=fused) vs autodiff, interleaved
+	$(BIN)/python -m rnnbench.bench_backward $(ARGS)
 
 cells: install ## list the cells with parameter counts: make cells ARGS="--input-size 2 --budget 10000"
 	$(BIN)/rnnbench-cells $(ARGS)

@@ -342,12 +342,12 @@ _INIT_ONLY = {"kernel_init", "recurrent_init"}
 _GREFF_SWITCHES = {"peepholes", "input_gate", "forget_gate", "output_gate", "input_activation", "output_activation",
                    "coupled_input_forget", "full_gate_recurrence"}
 REFERENCES: dict[Callable, tuple[set[str], Callable[[dict], Reference]]] = {
-    rnn: ({"activation"} | _INIT_ONLY, lambda kw: Reference(np_rnn_step(kw.get("activation", "tanh")), 1)),
+    rnn: ({"activation", "backward"} | _INIT_ONLY, lambda kw: Reference(np_rnn_step(kw.get("activation", "tanh")), 1)),
     lstm: (  # (chrono_t_max acts only with forget_bias="chrono", an initialisation test_cell_zoo.py checks)
         {"forget_bias", "chrono_t_max", "backward"} | _INIT_ONLY,  # (backward: how gradients are computed)
         lambda kw: Reference(np_lstm_step, 4, bias_init={1: kw.get("forget_bias", 1.0)}, carry=(1, 1)),
     ),
-    gru: ({"reset_after"} | _INIT_ONLY, _gru_reference),
+    gru: ({"reset_after", "backward"} | _INIT_ONLY, _gru_reference),
     greff_lstm: (_GREFF_SWITCHES | {"forget_bias", "name"} | _INIT_ONLY, _greff_reference),
     mgu: (_INIT_ONLY, lambda kw: Reference(np_mgu_step, 2)),
     mut: ({"variant"} | _INIT_ONLY, _mut_reference),

@@ -29,17 +29,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from rnnbench.cells.base import Cell, affine, check_choice, gate_blocks, initializer, make_cell
-
-BACKWARDS = ("auto", "autodiff", "fused")
-
-
-def use_fused_backward(backward: str) -> bool:
-    """Whether ``backward`` means the hand-written backward pass: ``auto`` is ``fused`` on CPU, where a
-    training step measured 1.11-1.26x faster than autodiff (``python -m rnnbench.bench_lstm_backward``),
-    and ``autodiff`` on GPU/TPU, where it is not measured yet."""
-    check_choice("backward", backward, BACKWARDS)
-    return backward == "fused" or (backward == "auto" and jax.default_backend() == "cpu")
+from rnnbench.cells.base import Cell, affine, gate_blocks, initializer, make_cell
+from rnnbench.cells.fused import h_prev, hold, masked_outputs, rows, scan_prefetched, use_fused_backward
 
 
 def lstm(
@@ -118,32 +109,6 @@ def _activate(z):
     return jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
 
 
-def _hold(m_t, new, old):
-    return new if m_t is None else jnp.where(m_t[:, None], new, old)
-
-
-def _scan_prefetched(body, carry, xs, reverse):
-    """``lax.scan(body, carry, xs, reverse=reverse)``, with each step's slice of ``xs`` read one step early.
-
-    XLA:CPU fuses a scan's per-step slice of a ``[T, ...]`` array into the step's elementwise loops,
-    which then run much slower (what makes hoisting the input projection lose, ``scan.py``). Slicing
-    step t+1's inputs at the end of step t and passing them in the carry keeps each slice a separate
-    copy and the elementwise loops on plain buffers (a hoisted LSTM forward at shape S: 34 -> 23 ms).
-    """
-    T = jax.tree.leaves(xs)[0].shape[0]
-
-    def take(t):
-        return jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, t, keepdims=False), xs)
-
-    def step(state, t):
-        carry, x_t = state
-        carry, y = body(carry, x_t)
-        return (carry, take(jnp.clip(t - 1 if reverse else t + 1, 0, T - 1))), y
-
-    (carry, _), ys = jax.lax.scan(step, (carry, take(T - 1 if reverse else 0)), jnp.arange(T), reverse=reverse)
-    return carry, ys
-
-
 def _forward_scan(w_h, c0, h0, inputs, mask, reverse, save_gates, project):
     """The LSTM over ``inputs [T, B, .]``; per step it also emits what the backward reads.
 
@@ -157,20 +122,11 @@ def _forward_scan(w_h, c0, h0, inputs, mask, reverse, save_gates, project):
         i, f, g, o = _activate(project(in_t) + h @ w_h)
         c_new = f * c + i * g
         h_new = o * jnp.tanh(c_new)
-        c_new, h_new = _hold(m_t, c_new, c), _hold(m_t, h_new, h)
+        c_new, h_new = hold(m_t, c_new, c), hold(m_t, h_new, h)
         gates = jnp.concatenate([i, f, g, o], axis=-1) if save_gates else None
         return (c_new, h_new), (gates, c, h_new)
 
-    return _scan_prefetched(body, (c0, h0), (inputs, mask), reverse)
-
-
-def _outputs(hs, mask):
-    return hs if mask is None else jnp.where(mask[..., None], hs, jnp.zeros_like(hs))
-
-
-def _h_prev(h0, hs, reverse):
-    """h_{t-1} for every t, in the scan's order of time (the initial state enters first)."""
-    return jnp.concatenate([hs[1:], h0[None]]) if reverse else jnp.concatenate([h0[None], hs[:-1]])
+    return scan_prefetched(body, (c0, h0), (inputs, mask), reverse)
 
 
 def _backward_scan(w_h, dc_T, dh_T, gates_or_z, c_prev, dys, mask, reverse, save_gates):
@@ -196,11 +152,7 @@ def _backward_scan(w_h, dc_T, dh_T, gates_or_z, c_prev, dys, mask, reverse, save
             dh_prev, dc_prev = dh_prev + jnp.where(m, 0.0, dh), dc_prev + jnp.where(m, 0.0, dc)
         return (dc_prev, dh_prev), dz
 
-    return _scan_prefetched(body, (dc_T, dh_T), (gates_or_z, c_prev, dys, mask), not reverse)
-
-
-def _rows(a):
-    return a.reshape(-1, a.shape[-1])
+    return scan_prefetched(body, (dc_T, dh_T), (gates_or_z, c_prev, dys, mask), not reverse)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8))
@@ -225,25 +177,25 @@ def fused_lstm_sequence(w_x, b, w_h, c0, h0, xs, mask, reverse=False, save_gates
     matmuls over all T*B rows before the backward scan.
     """
     (c, h), (_, _, hs) = _forward_scan(w_h, c0, h0, xs, mask, reverse, False, lambda x: affine(x, w_x, b))
-    return (c, h), _outputs(hs, mask)
+    return (c, h), masked_outputs(hs, mask)
 
 
 def _fused_fwd(w_x, b, w_h, c0, h0, xs, mask, reverse, save_gates):
     (c, h), (gates, c_prev, hs) = _forward_scan(w_h, c0, h0, xs, mask, reverse, save_gates,
                                                 lambda x: affine(x, w_x, b))
-    return ((c, h), _outputs(hs, mask)), (w_x, b, w_h, h0, xs, mask, gates, c_prev, hs)
+    return ((c, h), masked_outputs(hs, mask)), (w_x, b, w_h, h0, xs, mask, gates, c_prev, hs)
 
 
 def _fused_bwd(reverse, save_gates, residuals, cotangents):
     w_x, b, w_h, h0, xs, mask, gates, c_prev, hs = residuals
     (dc_T, dh_T), dys = cotangents
     T, B, _ = xs.shape
-    h_prev = _h_prev(h0, hs, reverse)
+    hp = h_prev(h0, hs, reverse)
     if not save_gates:
-        gates = (affine(_rows(xs), w_x, b) + _rows(h_prev) @ w_h).reshape(T, B, -1)
+        gates = (affine(rows(xs), w_x, b) + rows(hp) @ w_h).reshape(T, B, -1)
     (dc0, dh0), dz = _backward_scan(w_h, dc_T, dh_T, gates, c_prev, dys, mask, reverse, save_gates)
-    dz_rows = _rows(dz)
-    return (_rows(xs).T @ dz_rows, jnp.sum(dz_rows, axis=0), _rows(h_prev).T @ dz_rows, dc0, dh0,
+    dz_rows = rows(dz)
+    return (rows(xs).T @ dz_rows, jnp.sum(dz_rows, axis=0), rows(hp).T @ dz_rows, dc0, dh0,
             (dz_rows @ w_x.T).reshape(xs.shape), None)
 
 

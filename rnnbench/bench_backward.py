@@ -1,17 +1,17 @@
-"""The LSTM's backward pass: JAX autodiff against the hand-written one (``lstm(backward="fused")``).
+"""Backward passes: JAX autodiff against the hand-written ones (``backward="fused"``: LSTM, GRU, RNN).
 
 One process, one training step per variant (forward, mean squared error of a linear readout of the last
 output, backward, Adam), compiled once, then timed in interleaved rounds (A, B, C, A, B, C, ...) so
 that a shared, noisy machine slows every variant alike: compare the ratios, which this prints per
-round and as a median, rather than the absolute times. Variants:
+round and as a median, rather than the absolute times. Variants, per cell (lstm, gru, rnn):
 
-    autodiff        lstm(backward="autodiff"): JAX differentiates the scan (x W_x inside the step on CPU)
-    fused           lstm(backward="fused"): the hand-written backward, the activated gates of every
-                    step kept for it
-    fused recompute the same keeping only the states: the gates' pre-activations recomputed by
-                    matmuls over all T*B rows before the backward scan
+    autodiff        CELL(backward="autodiff"): JAX differentiates the scan (x W_x inside the step on CPU)
+    fused           CELL(backward="fused"): the hand-written backward; the LSTM keeps the activated
+                    gates of every step for it, the GRU r, z, n and h W_hn + b_hn, the RNN its outputs
+    fused recompute (LSTM only) the same keeping only the states: the gates' pre-activations recomputed
+                    by matmuls over all T*B rows before the backward scan
 
-    python -m rnnbench.bench_lstm_backward --shapes S,L,W --repeats 7
+    python -m rnnbench.bench_backward --cells lstm,gru,rnn --shapes S,L,W --repeats 7
 """
 
 from __future__ import annotations
@@ -25,13 +25,18 @@ from rnnbench.bench import INPUT_DIM, SHAPES
 VARIANTS = ("autodiff", "fused", "fused recompute")
 
 
-def _cell_factory(variant: str):
+CELLS = ("lstm", "gru", "rnn")
+
+
+def _cell_factory(cell: str, variant: str):
     import functools
 
+    from rnnbench.cells.gru import gru
     from rnnbench.cells.lstm import fused_lstm_sequence, lstm
+    from rnnbench.cells.rnn import rnn
 
     if variant != "fused recompute":
-        return functools.partial(lstm, backward=variant)
+        return functools.partial({"lstm": lstm, "gru": gru, "rnn": rnn}[cell], backward=variant)
 
     def recompute(hidden_size):
         def sequence(params, carry, xs, mask=None, reverse=False):
@@ -42,7 +47,7 @@ def _cell_factory(variant: str):
     return recompute
 
 
-def _train_step(variant: str, shape: tuple[int, int, int]):
+def _train_step(cell: str, variant: str, shape: tuple[int, int, int]):
     """``run(n)``: n jitted training steps on a fixed batch; returns the compile+first-step seconds."""
     import jax
     import jax.numpy as jnp
@@ -51,7 +56,7 @@ def _train_step(variant: str, shape: tuple[int, int, int]):
     from rnnbench.model import make_model
 
     B, T, H = shape
-    model = make_model(_cell_factory(variant), hidden_size=H, output_dim=1, readout="last")
+    model = make_model(_cell_factory(cell, variant), hidden_size=H, output_dim=1, readout="last")
     opt = optax.adam(1e-3)
 
     def step(params, opt_state, x, y):
@@ -76,11 +81,11 @@ def _train_step(variant: str, shape: tuple[int, int, int]):
     return run, time.perf_counter() - t0
 
 
-def compare(shape_name: str, variants: list[str], repeats: int, target_s: float) -> None:
+def compare(cell: str, shape_name: str, variants: list[str], repeats: int, target_s: float) -> None:
     shape = SHAPES[shape_name]
     runs, compile_s = {}, {}
     for v in variants:
-        runs[v], compile_s[v] = _train_step(v, shape)
+        runs[v], compile_s[v] = _train_step(cell, v, shape)
     t0 = time.perf_counter()
     runs[variants[0]](1)
     n = max(1, round(target_s / (time.perf_counter() - t0)))  # steps per timed repeat
@@ -91,7 +96,8 @@ def compare(shape_name: str, variants: list[str], repeats: int, target_s: float)
             runs[v](n)
             times[v].append((time.perf_counter() - t0) / n)
     base = variants[0]
-    print(f"\nshape {shape_name} (B, T, H) = {shape}, input {INPUT_DIM}: {repeats} interleaved rounds of {n} steps")
+    print(f"\n{cell}, shape {shape_name} (B, T, H) = {shape}, input {INPUT_DIM}: "
+          f"{repeats} interleaved rounds of {n} steps")
     print(f"{'variant':16} {'ms/step':>9} {'min-max':>17} {'steps/s':>8} {'compile s':>9} "
           f"{'vs ' + base:>13} {'per-round ratios':>16}")
     for v in variants:
@@ -103,21 +109,25 @@ def compare(shape_name: str, variants: list[str], repeats: int, target_s: float)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m rnnbench.bench_lstm_backward",
+    parser = argparse.ArgumentParser(prog="python -m rnnbench.bench_backward",
                                      description=__doc__.splitlines()[0])
+    parser.add_argument("--cells", default=",".join(CELLS), help="comma-separated, from: " + ", ".join(CELLS))
     parser.add_argument("--shapes", default="S,L,W", help="comma-separated, from: " + ", ".join(SHAPES))
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, first is the baseline")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds")
     parser.add_argument("--target-s", type=float, default=0.5, help="seconds per timed repeat, roughly")
     args = parser.parse_args(argv)
-    variants = args.variants.split(",")
-    for bad in [v for v in variants if v not in VARIANTS] + [s for s in args.shapes.split(",") if s not in SHAPES]:
-        parser.error(f"unknown variant or shape {bad!r}")
+    variants, cells = args.variants.split(","), args.cells.split(",")
+    for bad in ([v for v in variants if v not in VARIANTS] + [s for s in args.shapes.split(",") if s not in SHAPES]
+                + [c for c in cells if c not in CELLS]):
+        parser.error(f"unknown cell, variant or shape {bad!r}")
     import jax
 
     print(f"backend {jax.default_backend()}, jax {jax.__version__}; train step = forward + MSE + backward + Adam")
-    for shape_name in args.shapes.split(","):
-        compare(shape_name, variants, args.repeats, args.target_s)
+    for cell in cells:
+        for shape_name in args.shapes.split(","):
+            cell_variants = [v for v in variants if cell == "lstm" or v != "fused recompute"]
+            compare(cell, shape_name, cell_variants, args.repeats, args.target_s)
 
 
 if __name__ == "__main__":
