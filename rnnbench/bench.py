@@ -5,8 +5,9 @@ batch (x ~ N(0, 1) [B, T, 8], y ~ N(0, 1) [B, 1]), runs the recurrence, reads th
 a linear layer, takes the mean squared error, backpropagates and applies Adam (lr 1e-3). The
 implementations:
 
-    rnnbench   make_model(lstm | gru | rnn), jitted with donated state; also with glibc malloc tuned
-               in-process (``mallopt``), and at T=1000 with ``remat`` (jax.checkpoint on the step)
+    rnnbench   make_model(lstm | gru | rnn), jitted with donated state, glibc malloc tuned in-process as
+               the ``rnnbench`` command does by default (``train.tune_malloc``, rnnbench/malloc.py); also
+               with glibc's malloc defaults, and at T=1000 with ``remat`` (jax.checkpoint on the step)
     flax       nn.RNN(LSTMCell | OptimizedLSTMCell | GRUCell | SimpleCell) + nn.Dense, same step
     torch      nn.LSTM | GRU | RNN + nn.Linear + torch.optim.Adam, as users run it (default
                environment), and again under tuned glibc malloc (MALLOC_MMAP_MAX_=0
@@ -17,9 +18,10 @@ implementations:
 
 at shapes T (B16,T100,H32), S (B64,T100,H128), L (B64,T1000,H128), W (B256,T200,H256). Every row
 runs in its own process (so peak memory is its own; torch's allocator setting needs a fresh
-process), one after another in this one sitting: the machines are shared and noisy, so compare the
-ratios printed together, never numbers from different runs. GFLOP/s counts matmul FLOPs only:
-2 B T G (2D + 3H) per step (G = 4H for the LSTM, 3H for the GRU, H for the tanh RNN).
+process). The rows of one cell and shape are compiled one at a time, then stay alive and take turns:
+timing 1 of every row, then timing 2 of every row, and so on, so a slow spell of this shared, noisy
+machine slows every row alike. Compare the ratios printed together, never numbers from different runs.
+GFLOP/s counts matmul FLOPs only: 2 B T G (2D + 3H) per step (G = 4H for the LSTM, 3H for the GRU, H for the tanh RNN).
 
 Other modes: ``--levers`` (hoisting the input projection, unroll), ``--diagnostics`` (cost of the
 gradient diagnostics), ``--parallel`` (associative_scan vs sequential for minGRU, minLSTM, LRU),
@@ -29,7 +31,6 @@ gradient diagnostics), ``--parallel`` (associative_scan vs sequential for minGRU
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import resource
@@ -47,19 +48,6 @@ GATES = {"lstm": 4, "gru": 3, "rnn": 1}
 FLAX_CELLS = {"lstm": ("LSTMCell", "OptimizedLSTMCell"), "gru": ("GRUCell",), "rnn": ("SimpleCell",)}
 TORCH_CELLS = {"lstm": "LSTM", "gru": "GRU", "rnn": "RNN"}
 TUNED_MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_ARENA_MAX": "1", "MALLOC_TRIM_THRESHOLD_": str(64 << 30)}
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc mallopt parameters (malloc.h)
-
-
-def tune_malloc() -> bool:
-    """glibc malloc as TUNED_MALLOC sets it, from inside a running process (``mallopt``): no mmap'd
-    chunks, one arena, never trim. Big temporaries are then reused instead of being mapped and
-    unmapped each step, which costs page faults (expensive in these VMs). Returns whether it took."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    return all(libc.mallopt(p, v) == 1 for p, v in ((_M_MMAP_MAX, 0), (_M_ARENA_MAX, 1),
-                                                     (_M_TRIM_THRESHOLD, 64 << 30)))
 
 
 def matmul_flops(cell: str, shape: tuple[int, int, int], input_dim: int = INPUT_DIM) -> int:
@@ -74,24 +62,28 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _time_steps(run_steps, repeats: int, target_s: float = 0.25) -> dict[str, Any]:
-    """Time ``run_steps(n)`` (n training steps, blocking until done): the first call separately (compile,
-    warm-up), then ``repeats`` timings of n steps each, n chosen so a timing lasts about ``target_s``."""
+def _warm_up(run_steps, target_s: float) -> tuple[float, int]:
+    """The first call of ``run_steps`` (trace, compile, one step) in seconds, and the number of steps n
+    that makes one timing last about ``target_s``."""
     t0 = time.perf_counter()
     run_steps(1)
     first_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     run_steps(1)
     one = time.perf_counter() - t0
-    n = max(1, min(200, round(target_s / max(one, 1e-6))))
-    per_step = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run_steps(n)
-        per_step.append((time.perf_counter() - t0) / n)
-    rates = sorted(1.0 / s for s in per_step)
-    return {"steps_per_s": statistics.median(rates), "min": rates[0], "max": rates[-1], "first_call_s": first_s,
-            "steps_per_timing": n}
+    return first_s, max(1, min(200, round(target_s / max(one, 1e-6))))
+
+
+def _time_once(run_steps, n: int) -> float:
+    """Seconds per step of one timing of n steps."""
+    t0 = time.perf_counter()
+    run_steps(n)
+    return (time.perf_counter() - t0) / n
+
+
+def _summarise(seconds_per_step: list[float]) -> dict[str, Any]:
+    rates = sorted(1.0 / s for s in seconds_per_step)
+    return {"steps_per_s": statistics.median(rates), "min": rates[0], "max": rates[-1]}
 
 
 def _jax_step(apply_fn, params, shape, remat_note=""):
@@ -215,9 +207,8 @@ def _roofline_runner(cell: str, shape):
     return run_steps
 
 
-def worker(spec: dict[str, Any]) -> dict[str, Any]:
-    """Measure one row (in this process): ``spec`` = impl, cell, shape, repeats, and options."""
-    tuned = bool(spec.get("mallopt")) and tune_malloc()
+def _make_runner(spec: dict[str, Any]):
+    """``run_steps(n)`` for one row: ``spec`` = impl, cell, shape and options."""
     shape = tuple(spec["shape"])
     if spec.get("compile_cache"):
         import jax
@@ -226,39 +217,119 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     impl = spec["impl"]
     if impl == "rnnbench":
-        runner = _rnnbench_runner(spec["cell"], shape, remat=spec.get("remat", False))
-    elif impl == "flax":
-        runner = _flax_runner(spec["flax_cell"], shape)
-    elif impl == "torch":
-        runner = _torch_runner(spec["cell"], shape)
-    elif impl == "roofline":
-        runner = _roofline_runner(spec["cell"], shape)
-    else:
-        raise ValueError(f"unknown impl {impl!r}")
+        return _rnnbench_runner(spec["cell"], shape, remat=spec.get("remat", False))
+    if impl == "flax":
+        return _flax_runner(spec["flax_cell"], shape)
+    if impl == "torch":
+        return _torch_runner(spec["cell"], shape)
+    if impl == "roofline":
+        return _roofline_runner(spec["cell"], shape)
+    raise ValueError(f"unknown impl {impl!r}")
+
+
+def _send(message: dict[str, Any]) -> None:
+    print(json.dumps(message), flush=True)
+
+
+def worker(spec: dict[str, Any]) -> None:
+    """A row's process (``--worker SPEC``): build and warm up the row, report, then time n steps per
+    ``time`` line read from stdin, until ``done`` (answered with the peak RSS). Every row stays alive
+    between its timings, so the parent can interleave the rows' timings (``_Row``)."""
+    from rnnbench.malloc import set_malloc, tune_malloc
+
+    mallopt = spec.get("mallopt")  # True: rnnbench's tuning; a list of (param, value): those mallopt calls
+    tuned = set_malloc(mallopt) if isinstance(mallopt, list) else bool(mallopt) and tune_malloc()
+    runner = _make_runner(spec)
     rss_before = _rss_mb()
-    result = _time_steps(runner, spec["repeats"], spec.get("target_s", 0.25))
-    result.update(rss_before_mb=rss_before, peak_rss_mb=_rss_mb(), mallopt=tuned)
-    return result
+    first_s, n = _warm_up(runner, spec.get("target_s", 0.25))
+    _send({"first_call_s": first_s, "steps_per_timing": n, "rss_before_mb": rss_before, "mallopt": tuned})
+    for line in sys.stdin:
+        if line.strip() == "time":
+            _send({"seconds_per_step": _time_once(runner, n)})
+        elif line.strip() == "done":
+            break
+    _send({"peak_rss_mb": _rss_mb()})
+
+
+class _Row:
+    """One implementation at one shape, ready to time: in its own process (kept alive between timings),
+    or in this one (``in_process``, for ``--smoke``). Construction warms it up (compiles)."""
+
+    def __init__(self, spec: dict[str, Any], env: dict[str, str] | None = None, in_process: bool = False):
+        self.times: list[float] = []
+        self.error: str | None = None
+        self.proc = None
+        if in_process:
+            self.runner = _make_runner(spec)
+            self.rss_before = _rss_mb()
+            first_s, self.n = _warm_up(self.runner, spec.get("target_s", 0.25))
+            self.info = {"first_call_s": first_s, "steps_per_timing": self.n, "rss_before_mb": self.rss_before,
+                         "mallopt": False}
+            return
+        self.stderr = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", "rnnbench.bench", "--worker", json.dumps(spec)],
+                                     env={**os.environ, **(env or {})}, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+        self.info = self._receive() or {}
+
+    def _receive(self) -> dict[str, Any] | None:
+        line = self.proc.stdout.readline() if self.error is None else ""
+        if line:
+            return json.loads(line)
+        if self.error is None:
+            self.proc.wait()
+            self.stderr.seek(0)
+            tail = self.stderr.read().strip().splitlines()[-1:] or [f"exit status {self.proc.returncode}"]
+            self.error = tail[0]
+        return None
+
+    def _command(self, command: str) -> dict[str, Any] | None:
+        try:
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:  # the row died: _receive reads its error
+            pass
+        return self._receive()
+
+    def time(self) -> None:
+        """One timing of n steps (nothing if the row failed)."""
+        if self.proc is None:
+            self.times.append(_time_once(self.runner, self.n))
+        elif self.error is None:
+            reply = self._command("time")
+            if reply:
+                self.times.append(reply["seconds_per_step"])
+
+    def close(self) -> dict[str, Any]:
+        """End the row; its result: steps/s (median, min, max), first call, peak RSS, or ``error``."""
+        peak = _rss_mb()
+        if self.proc is not None:
+            if self.error is None:
+                peak = (self._command("done") or {}).get("peak_rss_mb", float("nan"))
+            for stream in (self.proc.stdin, self.proc.stdout, self.stderr):
+                stream.close()
+            self.proc.wait()
+        if self.error is not None:
+            return {"error": self.error}
+        return {**self.info, **_summarise(self.times), "peak_rss_mb": peak}
 
 
 def _run_worker(spec: dict[str, Any], env: dict[str, str] | None = None, in_process: bool = False) -> dict[str, Any]:
-    if in_process:
-        return worker(spec)
-    out = subprocess.run([sys.executable, "-m", "rnnbench.bench", "--worker", json.dumps(spec)],
-                         env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=1800)
-    if out.returncode != 0:
-        tail = out.stderr.strip().splitlines()[-1:] or ["no output"]
-        return {"error": tail[0]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """One row on its own: warm up, ``spec["repeats"]`` timings, close."""
+    row = _Row(spec, env, in_process)
+    for _ in range(spec["repeats"]):
+        row.time()
+    return row.close()
 
 
 def _rows(cell: str, shape_name: str, with_torch: bool, smoke: bool) -> list[tuple[str, dict[str, Any], dict]]:
     """(label, spec, extra env) for every implementation of one cell at one shape."""
-    rows = [(f"rnnbench {cell}", {"impl": "rnnbench", "cell": cell}, {})]
+    rows = [(f"rnnbench {cell}", {"impl": "rnnbench", "cell": cell, "mallopt": not smoke}, {})]
     if not smoke:
-        rows.append((f"rnnbench {cell} + mallopt", {"impl": "rnnbench", "cell": cell, "mallopt": True}, {}))
+        rows.append((f"rnnbench {cell}, untuned malloc", {"impl": "rnnbench", "cell": cell}, {}))
         if shape_name == "L":
-            rows.append((f"rnnbench {cell} remat", {"impl": "rnnbench", "cell": cell, "remat": True}, {}))
+            rows.append((f"rnnbench {cell} remat", {"impl": "rnnbench", "cell": cell, "remat": True, "mallopt": True},
+                         {}))
     rows += [(f"flax {name}", {"impl": "flax", "cell": cell, "flax_cell": name}, {}) for name in FLAX_CELLS[cell]]
     if with_torch:
         rows.append((f"torch {TORCH_CELLS[cell]}", {"impl": "torch", "cell": cell}, {}))
@@ -284,7 +355,7 @@ def compare(shape_names: list[str], cells: list[str], repeats: int, smoke: bool 
     with_torch = _torch_available()
     print(f"rnnbench bench: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python "
           f"{platform.python_version()}; train step = data + forward + backward + Adam, input size {INPUT_DIM}; "
-          f"median (min-max) steps/s of {repeats} timings; one process per row"
+          f"median (min-max) steps/s of {repeats} timings; one process per row, the rows' timings in turns"
           + ("" if with_torch else "; torch not installed (pip install -e '.[bench]')"), flush=True)
     results = []
     for shape_name in shape_names:
@@ -294,10 +365,19 @@ def compare(shape_names: list[str], cells: list[str], repeats: int, smoke: bool 
         print(f"{'implementation':34} {'steps/s':>9} {'min-max':>15} {'GFLOP/s':>8} {'of roof':>7} "
               f"{'1st call s':>10} {'peak MB':>8} {'vs torch':>8} {'vs flax':>8}")
         for cell in cells:
+            specs = _rows(cell, shape_name, with_torch, smoke)
+            rows = []
+            for _, spec, env in specs:  # warm up (compile) one row at a time, then time them in turns
+                spec.update(shape=list(shape), target_s=0.05 if smoke else 0.25)
+                rows.append(_Row(spec, env, in_process=smoke))
+            for _ in range(repeats):
+                for row in rows:
+                    row.time()
+                    if not smoke:
+                        time.sleep(0.1)  # let the row's idle threads (OpenMP spin-waits) settle
             measured = []
-            for label, spec, env in _rows(cell, shape_name, with_torch, smoke):
-                spec = {**spec, "shape": list(shape), "repeats": repeats, "target_s": 0.05 if smoke else 0.25}
-                r = _run_worker(spec, env, in_process=smoke)
+            for (label, spec, env), row in zip(specs, rows, strict=True):
+                r = row.close()
                 r.update(label=label, cell=cell, shape=shape_name, impl=spec["impl"], env=env)
                 measured.append(r)
             roof = next((r for r in measured if r["impl"] == "roofline" and "error" not in r), None)
@@ -444,6 +524,44 @@ def diagnostics_overhead(shape, repeats: int, every: int) -> None:
               f"{100 * diag_med / (every * train_med):8.2f}%", flush=True)
 
 
+XLA_FLAG_SETS = {  # XLA:CPU flags measured by --xla-flags (all off by default in jax 0.10 unless said)
+    "default": "",
+    "no YNNPACK": "--xla_cpu_experimental_ynn_fusion_type=",
+    "no XNNPACK": "--xla_cpu_use_xnnpack=false",
+    "XNNPACK dot+eltwise fusions": "--xla_cpu_experimental_xnn_fusion_type=dot,eltwise",
+    "XNNPACK graph fusion": "--xla_cpu_experimental_xnn_graph_fusion_mode=XNN_GRAPH_FUSION_MODE_GREEDY",
+    "oneDNN": "--xla_cpu_use_onednn=true",
+    "Eigen single-threaded": "--xla_cpu_multi_thread_eigen=false",
+    "no concurrency scheduler": "--xla_cpu_enable_concurrency_optimized_scheduler=false",
+    "fast math": "--xla_cpu_enable_fast_math=true",
+}
+
+
+def xla_flags_lever(shape_names: list[str], cells: list[str], repeats: int, flag_sets: list[str]) -> None:
+    """rnnbench's training step under XLA:CPU flag sets, one process per set, timings in turns."""
+    base_flags = os.environ.get("XLA_FLAGS", "")
+    print(f"XLA:CPU flags, rnnbench train step, median (min-max) steps/s of {repeats} timings in turns")
+    for shape_name in shape_names:
+        for cell in cells:
+            print(f"\n{cell}, shape {shape_name} {SHAPES[shape_name]}")
+            rows = [_Row({"impl": "rnnbench", "cell": cell, "shape": list(SHAPES[shape_name]), "target_s": 0.25},
+                         {"XLA_FLAGS": f"{base_flags} {XLA_FLAG_SETS[name]}".strip()}) for name in flag_sets]
+            for _ in range(repeats):
+                for row in rows:
+                    row.time()
+                    time.sleep(0.1)
+            results = [row.close() for row in rows]
+            base = results[0].get("steps_per_s")
+            for name, r in zip(flag_sets, results, strict=True):
+                if "error" in r:
+                    print(f"  {name:28} error: {r['error']}")
+                    continue
+                ratio = f"{r['steps_per_s'] / base:.2f}x" if base else "-"
+                spread = f"{r['min']:.2f}-{r['max']:.2f}"
+                print(f"  {name:28} {r['steps_per_s']:8.2f} {spread:>13} "
+                      f"1st call {r['first_call_s']:5.2f} s  {ratio} {XLA_FLAG_SETS[name]}", flush=True)
+
+
 def parallel_vs_sequential(shape, repeats: int) -> None:
     """The cells linear in their state: ``mode=parallel`` (associative_scan) against ``sequential``."""
     import functools
@@ -475,11 +593,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--every", type=int, default=500, help="diagnostics.every for the slowdown column")
     parser.add_argument("--parallel", action="store_true",
                         help="time the parallel (associative_scan) form of minGRU, minLSTM and LRU instead")
+    parser.add_argument("--xla-flags", nargs="?", const=",".join(XLA_FLAG_SETS), metavar="SETS",
+                        help="time rnnbench under XLA:CPU flag sets instead (--shapes, --cells); comma-separated "
+                             "from: " + "; ".join(XLA_FLAG_SETS) + " (the first is the baseline)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))), flush=True)
-        return
+        return worker(json.loads(args.worker))
     cells = args.cells.split(",")
     unknown = [c for c in cells if c not in GATES]
     shapes = ["tiny"] if args.smoke else args.shapes.split(",")
@@ -487,6 +607,11 @@ def main(argv: list[str] | None = None) -> None:
     if unknown or bad_shapes:
         parser.error(f"unknown cell {unknown[0]!r}; choose from: {', '.join(GATES)}" if unknown
                      else f"unknown shape {bad_shapes[0]!r}; choose from: T, S, L, W")
+    if args.xla_flags:
+        sets = args.xla_flags.split(",")
+        if unknown_sets := [f for f in sets if f not in XLA_FLAG_SETS]:
+            parser.error(f"unknown flag set {unknown_sets[0]!r}; choose from: {'; '.join(XLA_FLAG_SETS)}")
+        return xla_flags_lever(shapes, cells, args.repeats, sets)
     if args.levers:
         return levers(SHAPES[args.shape], cells, args.repeats)
     if args.diagnostics:

@@ -49,13 +49,14 @@ from rnnbench.logging import (
     check_wandb_credentials,
     truncate_to,
 )
+from rnnbench.malloc import tune_malloc
 
 log = logging.getLogger("rnnbench")
 
 
 # Keys a resumed run may change: they alter how a run is shown, stored or logged, never its numbers.
-RESUME_MAY_DIFFER = ("train.progress", "train.compile_cache", "train.checkpoint_every", "train.keep_checkpoints",
-                     "train.rerun_failed", "logger.init_timeout", "logger.fallback_offline")
+RESUME_MAY_DIFFER = ("train.progress", "train.compile_cache", "train.tune_malloc", "train.checkpoint_every",
+                     "train.keep_checkpoints", "train.rerun_failed", "logger.init_timeout", "logger.fallback_offline")
 
 
 def _discard_empty_run_dir(run_dir: Path) -> None:
@@ -249,6 +250,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, *, names: dict[str, str], group:
     import jax
 
     enable_compile_cache(cfg.train.compile_cache)
+    tune_malloc(cfg.train.tune_malloc)
     from rnnbench.checkpoint import CheckpointManager, restore_state
     from rnnbench.diagnostics import DiagnosticsOptions
     from rnnbench.model import make_model

@@ -44,7 +44,7 @@ from rnnbench.logging import CONFIG_FILE, DIAGNOSTICS_FILE, FINISHED, LOCK_FILE,
 # and the settings that change how a run is executed, measured or stored but not what it learns
 _NOT_A_VARIANT = re.compile(
     r"^(seed|cell|task|task\.seq_len|sweep|experiment|logger|logger\..*|hydra\..*|diagnostics\..*|"
-    r"model\.(unroll|remat|hoist_input)|train\.(num_seeds|seed_parallelism|shard_seeds|compile_cache|progress|"
+    r"model\.(unroll|remat|hoist_input)|train\.(num_seeds|seed_parallelism|shard_seeds|compile_cache|tune_malloc|progress|"
     r"rerun_failed|checkpoint_every|keep_checkpoints))$")
 CSV_COLUMNS = [
     "job", "run_dir", "status", "task", "seq_len", "cell", "variant", "optim", "hidden_size", "num_params",
