@@ -544,7 +544,8 @@ def xla_flags_lever(shape_names: list[str], cells: list[str], repeats: int, flag
     for shape_name in shape_names:
         for cell in cells:
             print(f"\n{cell}, shape {shape_name} {SHAPES[shape_name]}")
-            rows = [_Row({"impl": "rnnbench", "cell": cell, "shape": list(SHAPES[shape_name]), "target_s": 0.25},
+            rows = [_Row({"impl": "rnnbench", "cell": cell, "shape": list(SHAPES[shape_name]), "target_s": 0.25,
+                          "mallopt": True},
                          {"XLA_FLAGS": f"{base_flags} {XLA_FLAG_SETS[name]}".strip()}) for name in flag_sets]
             for _ in range(repeats):
                 for row in rows:
