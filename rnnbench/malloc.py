@@ -4,11 +4,14 @@ XLA:CPU allocates each execution's temporaries (a training step's saved gates, t
 outputs: tens of MB at shape S) with malloc and frees them at the end. With glibc's defaults such
 blocks are mmap'd and unmapped, or trimmed off the heap, every step, and each page is faulted in again
 on first touch: about 8,900 page faults per LSTM training step at (B64, T100, H128), at roughly 1.7 us
-each in these VMs. Tuned (no mmap'd chunks, the top of the heap kept up to 2 GiB, one arena per core),
-the step reuses the same pages: 440 faults, and LSTM and GRU training steps ran 1.2-1.3x faster at
-shape S (``make bench``; the tanh RNN, whose temporaries are small, 0.99x). One arena for all threads
-(as ``MALLOC_ARENA_MAX=1``) measured 0.89-0.96x of one per core (lock contention between XLA's
-threads); glibc's default of 8 per core lets threads' arenas return pages and fault them in again.
+each in these VMs. Tuned (no mmap'd chunks, one arena, the top of the heap kept up to 2 GiB) as
+``MALLOC_MMAP_MAX_=0 MALLOC_ARENA_MAX=1 MALLOC_TRIM_THRESHOLD_`` would from the environment, the step
+reuses the same pages (about 440 faults) and LSTM and GRU training steps ran 1.13-1.3x faster at the
+benchmark's shapes S, L and W (``make bench``, BENCHMARKS.md). Where the temporaries are small it
+costs a little: the tanh RNN at S ran 0.87-0.89x, and every cell at the tiny shape T 0.8-0.95x.
+One arena per core instead of one was faster at S (by 4-11%) but unreliable: a thread's arena
+cannot hold a block over 64 MiB, glibc then mmaps it each step whatever ``M_MMAP_MAX`` says, and an
+LSTM step at W measured 155,000 page faults and 1.65 s against 0 and 1.06 s with one arena.
 The cost: memory freed by the process is not returned to the OS until it exits.
 
 ``mallopt`` takes an ``int``: the trim threshold must stay below 2**31 (a 64 GiB value, as the
@@ -22,7 +25,7 @@ import os
 import sys
 
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # glibc's malloc.h
-TUNED = ((M_MMAP_MAX, 0), (M_ARENA_MAX, max(2, os.cpu_count() or 1)), (M_TRIM_THRESHOLD, 2**31 - 1))
+TUNED = ((M_MMAP_MAX, 0), (M_ARENA_MAX, 1), (M_TRIM_THRESHOLD, 2**31 - 1))
 # glibc's defaults on 64-bit Linux (mallopt(3)): 65536 mmap'd chunks, 8 arenas per core, trim above 128 KiB
 GLIBC_DEFAULTS = ((M_MMAP_MAX, 65536), (M_ARENA_MAX, 8 * (os.cpu_count() or 1)), (M_TRIM_THRESHOLD, 128 * 1024))
 
