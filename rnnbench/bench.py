@@ -5,9 +5,9 @@ batch (x ~ N(0, 1) [B, T, 8], y ~ N(0, 1) [B, 1]), runs the recurrence, reads th
 a linear layer, takes the mean squared error, backpropagates and applies Adam (lr 1e-3). The
 implementations:
 
-    rnnbench   make_model(lstm | gru | rnn), jitted with donated state, glibc malloc tuned in-process as
-               the ``rnnbench`` command does by default (``train.tune_malloc``, rnnbench/malloc.py); also
-               with glibc's malloc defaults, and at T=1000 with ``remat`` (jax.checkpoint on the step)
+    rnnbench   make_model(lstm | gru | rnn), jitted with donated state, glibc malloc tuned in-process or
+               not as the ``rnnbench`` command decides by default (``train.tune_malloc=null``,
+               rnnbench/malloc.py); also with the other choice, and at T=1000 with ``remat``
     flax       nn.RNN(LSTMCell | OptimizedLSTMCell | GRUCell | SimpleCell) + nn.Dense, same step
     torch      nn.LSTM | GRU | RNN + nn.Linear + torch.optim.Adam, as users run it (default
                environment), and again under tuned glibc malloc (MALLOC_MMAP_MAX_=0
@@ -324,11 +324,16 @@ def _run_worker(spec: dict[str, Any], env: dict[str, str] | None = None, in_proc
 
 def _rows(cell: str, shape_name: str, with_torch: bool, smoke: bool) -> list[tuple[str, dict[str, Any], dict]]:
     """(label, spec, extra env) for every implementation of one cell at one shape."""
-    rows = [(f"rnnbench {cell}", {"impl": "rnnbench", "cell": cell, "mallopt": not smoke}, {})]
+    from rnnbench.malloc import activation_bytes, resolve
+
+    B, T, H = SHAPES[shape_name]
+    tuned = resolve(None, activation_bytes(B, T, GATES[cell] * H))  # what train.tune_malloc=null picks
+    rows = [(f"rnnbench {cell}", {"impl": "rnnbench", "cell": cell, "mallopt": tuned and not smoke}, {})]
     if not smoke:
-        rows.append((f"rnnbench {cell}, untuned malloc", {"impl": "rnnbench", "cell": cell}, {}))
+        rows.append((f"rnnbench {cell}, {'untuned' if tuned else 'tuned'} malloc",
+                     {"impl": "rnnbench", "cell": cell, "mallopt": not tuned}, {}))
         if shape_name == "L":
-            rows.append((f"rnnbench {cell} remat", {"impl": "rnnbench", "cell": cell, "remat": True, "mallopt": True},
+            rows.append((f"rnnbench {cell} remat", {"impl": "rnnbench", "cell": cell, "remat": True, "mallopt": tuned},
                          {}))
     rows += [(f"flax {name}", {"impl": "flax", "cell": cell, "flax_cell": name}, {}) for name in FLAX_CELLS[cell]]
     if with_torch:

@@ -62,7 +62,7 @@ class TrainConfig:
     shard_seeds: bool | None = None  # None: split the seeds across the devices when there are several and K fits
     progress: bool | None = None  # None: a progress bar when stderr is a terminal
     compile_cache: str | None = "~/.cache/rnnbench/jax"  # None: no persistent compilation cache
-    tune_malloc: bool = True  # glibc malloc keeps freed memory for reuse (rnnbench/malloc.py): fewer page faults
+    tune_malloc: bool | None = None  # glibc malloc keeps freed memory for reuse (rnnbench/malloc.py); None: auto
     skip_nonfinite_updates: bool = False  # true: skip updates whose gradient is NaN/Inf instead of stopping the seed
     checkpoint_every: int = 500  # steps between checkpoints (at the next evaluation), and at the end; 0: none
     keep_checkpoints: int = 2  # the newest N checkpoints are kept

@@ -49,7 +49,7 @@ from rnnbench.logging import (
     check_wandb_credentials,
     truncate_to,
 )
-from rnnbench.malloc import tune_malloc
+from rnnbench.malloc import activation_bytes, resolve, tune_malloc
 
 log = logging.getLogger("rnnbench")
 
@@ -242,6 +242,17 @@ def run_job(cfg: DictConfig, run_dir: Path, *, names: dict[str, str], group: str
         lock.close()
 
 
+def _recurrent_width(cell_factory, hidden_size: int, input_dim: int) -> int:
+    """G, the width of the cell's recurrent projection ``w_h [H, G]`` (4H for the LSTM); H for cells
+    without one. Read from the shapes of its parameters, without computing them."""
+    import jax
+
+    cell = cell_factory(hidden_size)
+    shapes = jax.eval_shape(lambda key: cell.init(key, input_dim), jax.random.key(0))
+    w_h = shapes.get("w_h") if isinstance(shapes, dict) else None
+    return w_h.shape[-1] if w_h is not None and len(w_h.shape) == 2 else hidden_size
+
+
 def _run_locked(cfg: DictConfig, run_dir: Path, *, names: dict[str, str], group: str | None, task, eval_tasks,
                 cell_factory, bidirectional: bool, optimizer, plain: dict[str, Any], previous: dict[str, Any] | None,
                 wandb_mode: str) -> dict[str, Any]:
@@ -250,7 +261,12 @@ def _run_locked(cfg: DictConfig, run_dir: Path, *, names: dict[str, str], group:
     import jax
 
     enable_compile_cache(cfg.train.compile_cache)
-    tune_malloc(cfg.train.tune_malloc)
+    step_bytes = activation_bytes(cfg.train.batch_size, task.seq_len,
+                                  _recurrent_width(cell_factory, cfg.model.hidden_size, task.input_dim),
+                                  cfg.model.num_layers, 2 if bidirectional else 1, cfg.train.num_seeds)
+    tuned = resolve(cfg.train.tune_malloc, step_bytes)
+    log.info("glibc malloc %s (train.tune_malloc=%s, step activations %.1f MiB)",
+             "tuned" if tune_malloc(tuned) and tuned else "at its defaults", cfg.train.tune_malloc, step_bytes / 2**20)
     from rnnbench.checkpoint import CheckpointManager, restore_state
     from rnnbench.diagnostics import DiagnosticsOptions
     from rnnbench.model import make_model
