@@ -264,7 +264,7 @@ def _run_locked(cfg: DictConfig, run_dir: Path, *, names: dict[str, str], group:
     step_bytes = activation_bytes(cfg.train.batch_size, task.seq_len,
                                   _recurrent_width(cell_factory, cfg.model.hidden_size, task.input_dim),
                                   cfg.model.num_layers, 2 if bidirectional else 1, cfg.train.num_seeds)
-    tuned = resolve(cfg.train.tune_malloc, step_bytes)
+    tuned = resolve(cfg.train.tune_malloc, step_bytes, jax.default_backend())
     log.info("glibc malloc %s (train.tune_malloc=%s, step activations %.1f MiB)",
              "tuned" if tune_malloc(tuned) and tuned else "at its defaults", cfg.train.tune_malloc, step_bytes / 2**20)
     from rnnbench.checkpoint import CheckpointManager, restore_state

@@ -15,7 +15,7 @@ cannot hold a block over 64 MiB, glibc then mmaps it each step whatever ``M_MMAP
 LSTM step at W measured 155,000 page faults and 1.65 s against 0 and 1.06 s with one arena.
 The cost: memory freed by the process is not returned to the OS until it exits.
 
-So ``train.tune_malloc=null`` (auto, the default) tunes when a training step's per-step activations,
+So ``train.tune_malloc=null`` (auto, the default) tunes on the CPU backend when a training step's per-step activations,
 batch x T x G x 4 bytes over the layers, directions and seeds (G the width of the recurrent
 projection: 4H for the LSTM, 3H the GRU, H the tanh RNN), reach ``AUTO_MIN_BYTES`` = 8 MiB: at or
 below 3.3 MB (shape T, the RNN at S) tuning measured 0.63-0.95x, from 9.8 MB (the GRU at S) up
@@ -47,9 +47,12 @@ def activation_bytes(batch: int, seq_len: int, width: int, layers: int = 1, dire
     return 4 * batch * seq_len * width * layers * directions * seeds
 
 
-def resolve(setting: bool | None, step_bytes: int) -> bool:
-    """``train.tune_malloc``: True or False as set; None (auto): whether ``step_bytes`` >= AUTO_MIN_BYTES."""
-    return step_bytes >= AUTO_MIN_BYTES if setting is None else bool(setting)
+def resolve(setting: bool | None, step_bytes: int, backend: str = "cpu") -> bool:
+    """``train.tune_malloc``: True or False as set; None (auto): on the CPU backend, whether ``step_bytes``
+    >= AUTO_MIN_BYTES (on GPU/TPU the step's temporaries live in device memory: no)."""
+    if setting is not None:
+        return bool(setting)
+    return backend == "cpu" and step_bytes >= AUTO_MIN_BYTES
 
 
 def _libc():

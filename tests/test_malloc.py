@@ -68,6 +68,7 @@ def test_auto_tunes_from_8_mib_of_step_activations():
     assert resolve(None, AUTO_MIN_BYTES) and not resolve(None, AUTO_MIN_BYTES - 1)
     assert activation_bytes(64, 100, 128, layers=2, directions=2, seeds=3) == 12 * activation_bytes(64, 100, 128)
     assert resolve(True, 0) and not resolve(False, 1 << 40)  # true and false force it
+    assert not resolve(None, 1 << 40, "gpu") and resolve(True, 0, "gpu")  # auto: CPU only
 
 
 @pytest.mark.parametrize(("factory", "width"), [(lstm, 4 * 6), (gru, 3 * 6), (rnn, 6),
