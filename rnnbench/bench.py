@@ -327,7 +327,10 @@ def _rows(cell: str, shape_name: str, with_torch: bool, smoke: bool) -> list[tup
     from rnnbench.malloc import activation_bytes, resolve
 
     B, T, H = SHAPES[shape_name]
-    tuned = resolve(None, activation_bytes(B, T, GATES[cell] * H))  # what train.tune_malloc=null picks
+    import jax
+
+    # what train.tune_malloc=null picks
+    tuned = resolve(None, activation_bytes(B, T, GATES[cell] * H), jax.default_backend())
     rows = [(f"rnnbench {cell}", {"impl": "rnnbench", "cell": cell, "mallopt": tuned and not smoke}, {})]
     if not smoke:
         rows.append((f"rnnbench {cell}, {'untuned' if tuned else 'tuned'} malloc",
