@@ -314,6 +314,15 @@ class _Row:
         return {**self.info, **_summarise(self.times), "peak_rss_mb": peak}
 
 
+def _take_turns(rows: list[_Row], repeats: int, pause_s: float = 0.1) -> None:
+    """Timing 1 of every row, then timing 2 of every row, ...; a pause after each lets the row's idle
+    threads (OpenMP spin-waits) settle before the next row runs."""
+    for _ in range(repeats):
+        for row in rows:
+            row.time()
+            time.sleep(pause_s)
+
+
 def _run_worker(spec: dict[str, Any], env: dict[str, str] | None = None, in_process: bool = False) -> dict[str, Any]:
     """One row on its own: warm up, ``spec["repeats"]`` timings, close."""
     row = _Row(spec, env, in_process)
@@ -378,11 +387,7 @@ def compare(shape_names: list[str], cells: list[str], repeats: int, smoke: bool 
             for _, spec, env in specs:  # warm up (compile) one row at a time, then time them in turns
                 spec.update(shape=list(shape), target_s=0.05 if smoke else 0.25)
                 rows.append(_Row(spec, env, in_process=smoke))
-            for _ in range(repeats):
-                for row in rows:
-                    row.time()
-                    if not smoke:
-                        time.sleep(0.1)  # let the row's idle threads (OpenMP spin-waits) settle
+            _take_turns(rows, repeats, pause_s=0.0 if smoke else 0.1)
             measured = []
             for (label, spec, env), row in zip(specs, rows, strict=True):
                 r = row.close()
@@ -555,10 +560,7 @@ def xla_flags_lever(shape_names: list[str], cells: list[str], repeats: int, flag
             rows = [_Row({"impl": "rnnbench", "cell": cell, "shape": list(SHAPES[shape_name]), "target_s": 0.25,
                           "mallopt": True},
                          {"XLA_FLAGS": f"{base_flags} {XLA_FLAG_SETS[name]}".strip()}) for name in flag_sets]
-            for _ in range(repeats):
-                for row in rows:
-                    row.time()
-                    time.sleep(0.1)
+            _take_turns(rows, repeats)
             results = [row.close() for row in rows]
             base = results[0].get("steps_per_s")
             for name, r in zip(flag_sets, results, strict=True):
