@@ -15,9 +15,9 @@ cannot hold a block over 64 MiB, glibc then mmaps it each step whatever ``M_MMAP
 LSTM step at W measured 155,000 page faults and 1.65 s against 0 and 1.06 s with one arena.
 The cost: memory freed by the process is not returned to the OS until it exits.
 
-So ``train.tune_malloc=null`` (auto, the default) tunes on the CPU backend when a training step's per-step activations,
-batch x T x G x 4 bytes over the layers, directions and seeds (G the width of the recurrent
-projection: 4H for the LSTM, 3H the GRU, H the tanh RNN), reach ``AUTO_MIN_BYTES`` = 8 MiB: at or
+So ``train.tune_malloc=null`` (auto, the default) tunes on the CPU backend when a training step's
+per-step activations, batch x T x G x 4 bytes over the layers, directions and seeds (G the width of
+the recurrent projection: 4H for the LSTM, 3H the GRU, H the tanh RNN), reach ``AUTO_MIN_BYTES`` = 8 MiB: at or
 below 3.3 MB (shape T, the RNN at S) tuning measured 0.63-0.95x, from 9.8 MB (the GRU at S) up
 1.13-1.6x. ``true`` and ``false`` force it.
 

@@ -30,7 +30,16 @@ import jax
 import jax.numpy as jnp
 
 from rnnbench.cells.base import Cell, affine, gate_blocks, initializer, make_cell
-from rnnbench.cells.fused import h_prev, hold, masked_outputs, rows, scan_prefetched, use_fused_backward
+from rnnbench.cells.fused import (
+    h_prev,
+    hold,
+    mask_cotangent,
+    masked_outputs,
+    pass_through,
+    rows,
+    scan_prefetched,
+    use_fused_backward,
+)
 
 
 def lstm(
@@ -139,17 +148,15 @@ def _backward_scan(w_h, dc_T, dh_T, gates_or_z, c_prev, dys, mask, reverse, save
         dc, dh = carry
         a_t, c_p, dy_t, m_t = step_in
         i, f, g, o = jnp.split(a_t, 4, axis=-1) if save_gates else _activate(a_t)
-        dh_new, dc_new = dh + dy_t, dc  # the step's own output and state (zero on padded steps)
-        if m_t is not None:
-            m = m_t[:, None]
-            dh_new, dc_new = jnp.where(m, dh_new, 0.0), jnp.where(m, dc_new, 0.0)
+        # the step's own output and state (zero on padded steps)
+        dh_new, dc_new = mask_cotangent(m_t, dh + dy_t, dc)
         tc = jnp.tanh(f * c_p + i * g)
         dc_new = dc_new + dh_new * o * (1.0 - tc * tc)
         dz = jnp.concatenate([dc_new * g * i * (1.0 - i), dc_new * c_p * f * (1.0 - f),
                               dc_new * i * (1.0 - g * g), dh_new * tc * o * (1.0 - o)], axis=-1)
         dh_prev, dc_prev = dz @ w_h_t, dc_new * f
-        if m_t is not None:  # a padded step passed its carry through unchanged
-            dh_prev, dc_prev = dh_prev + jnp.where(m, 0.0, dh), dc_prev + jnp.where(m, 0.0, dc)
+        # a padded step passed its carry through unchanged
+        dh_prev, dc_prev = pass_through(m_t, dh_prev, dh), pass_through(m_t, dc_prev, dc)
         return (dc_prev, dh_prev), dz
 
     return scan_prefetched(body, (dc_T, dh_T), (gates_or_z, c_prev, dys, mask), not reverse)
